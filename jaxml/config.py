@@ -1,0 +1,151 @@
+"""Frozen, validated configs shared by jaxml, torchref and every CLI.
+
+One vocabulary everywhere: `embed_dim`, `num_heads`, `num_groups`, `ffn_latent_dim`,
+`attention_type`, `apply_causal_mask`, `use_moe`, `num_experts`, `capacity`, `alpha`, `topk`,
+`use_kv_cache`, `max_seq_len`. Configs are hashable, so they can be static `jax.jit` arguments.
+This module imports neither jax nor torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ATTENTION_TYPES = ("mha", "mqa", "gqa")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "tanh", "silu")
+FFN_KINDS = ("mlp", "swiglu")
+
+
+def _fail(cls: str, field: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{cls}.{field}={value!r} is invalid: {allowed}")
+
+
+def _check_positive(cls: str, **fields: Any) -> None:
+    for name, value in fields.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(cls, name, value, "must be a positive integer")
+
+
+def _check_choice(cls: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(cls, field, value, f"allowed values are {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Self- or cross-attention serving MHA, MQA and GQA.
+
+    `num_groups` is the number of key/value heads: mha ⇒ `num_heads`, mqa ⇒ 1,
+    gqa ⇒ the given value (default `num_heads // 2`), which must divide `num_heads`.
+    """
+
+    embed_dim: int
+    num_heads: int
+    attention_type: str = "mha"
+    num_groups: int | None = None
+    apply_causal_mask: bool = False
+    use_rope: bool = False
+    rope_theta: float = 10000.0
+    use_bias: bool = True
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_positive(name, embed_dim=self.embed_dim, num_heads=self.num_heads)
+        _check_choice(name, "attention_type", self.attention_type, ATTENTION_TYPES)
+        if self.embed_dim % self.num_heads:
+            _fail(
+                name,
+                "embed_dim",
+                self.embed_dim,
+                f"must be divisible by num_heads={self.num_heads}",
+            )
+        implied = {"mha": self.num_heads, "mqa": 1}.get(self.attention_type)
+        groups = self.num_groups
+        if implied is not None:
+            if groups is not None and groups != implied:
+                _fail(
+                    name,
+                    "num_groups",
+                    groups,
+                    f"attention_type={self.attention_type!r} implies num_groups={implied} "
+                    "(use attention_type='gqa' to choose the number of groups)",
+                )
+            groups = implied
+        elif groups is None:
+            groups = max(1, self.num_heads // 2)
+        _check_positive(name, num_groups=groups)
+        assert groups is not None
+        if self.num_heads % groups:
+            _fail(name, "num_groups", groups, f"must divide num_heads={self.num_heads}")
+        if self.use_rope and self.head_dim % 2:
+            _fail(
+                name,
+                "use_rope",
+                True,
+                f"rotary embedding needs an even head_dim, got {self.head_dim}",
+            )
+        if not self.rope_theta > 0:
+            _fail(name, "rope_theta", self.rope_theta, "must be > 0")
+        object.__setattr__(self, "num_groups", groups)
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        """Key/value heads, i.e. `num_groups` after resolution."""
+        assert self.num_groups is not None
+        return self.num_groups
+
+    def replace(self, **changes: Any) -> AttentionConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class FFNConfig:
+    """Position-wise feed-forward network: `mlp` (two layers) or `swiglu`.
+
+    The Mixture-of-Experts fields (`use_moe`, `num_experts`, `capacity`, `alpha`, `topk`) keep
+    the names users of the original framework know; the MoE layer reads them.
+    """
+
+    embed_dim: int
+    ffn_latent_dim: int
+    activation: str = "relu"
+    kind: str = "mlp"
+    use_bias: bool = True
+    use_moe: bool = False
+    num_experts: int = 8
+    topk: int = 2
+    capacity: int | None = None
+    capacity_factor: float | None = None
+    alpha: float = 0.01
+    z_loss_coef: float = 0.0
+    overflow_policy: str = "drop"
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_positive(name, embed_dim=self.embed_dim, ffn_latent_dim=self.ffn_latent_dim)
+        _check_choice(name, "activation", self.activation, ACTIVATIONS)
+        _check_choice(name, "kind", self.kind, FFN_KINDS)
+        _check_positive(name, num_experts=self.num_experts, topk=self.topk)
+        if self.topk > self.num_experts:
+            _fail(name, "topk", self.topk, f"must be <= num_experts={self.num_experts}")
+        if self.capacity is not None:
+            _check_positive(name, capacity=self.capacity)
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            _fail(name, "capacity_factor", self.capacity_factor, "must be > 0")
+        if self.capacity is not None and self.capacity_factor is not None:
+            _fail(
+                name, "capacity", self.capacity, "set either capacity or capacity_factor, not both"
+            )
+        if self.alpha < 0:
+            _fail(name, "alpha", self.alpha, "must be >= 0")
+        if self.z_loss_coef < 0:
+            _fail(name, "z_loss_coef", self.z_loss_coef, "must be >= 0")
+        _check_choice(name, "overflow_policy", self.overflow_policy, ("drop", "overflow_expert"))
+
+    def replace(self, **changes: Any) -> FFNConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,5 @@
+"""The shared configs: torchref uses the very same frozen dataclasses as jaxml (no jax import)."""
+
+from jaxml.config import ACTIVATIONS, ATTENTION_TYPES, FFN_KINDS, AttentionConfig, FFNConfig
+
+__all__ = ["ACTIVATIONS", "ATTENTION_TYPES", "FFN_KINDS", "AttentionConfig", "FFNConfig"]
