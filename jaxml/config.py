@@ -149,3 +149,44 @@ class FFNConfig:
 
     def replace(self, **changes: Any) -> FFNConfig:
         return dataclasses.replace(self, **changes)
+
+
+def parse_latent_dims(value: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """`"128,64,32"` (the CLI form) or a sequence of ints -> `(128, 64, 32)`; `""` -> `()`."""
+    if not isinstance(value, str):
+        return tuple(value)
+    try:
+        return tuple(int(p) for p in value.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(
+            f"RegressorConfig.latent_dims={value!r} is invalid: must be comma-separated integers"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RegressorConfig:
+    """`LinearRegressor` / `MLPRegressor`: `[batch, input_dim] -> [batch, output_dim]`.
+
+    `latent_dims` are the MLP's hidden widths (`"128,64,32"` is accepted and stored as a tuple);
+    the linear model has none. `activation` is the MLP's hidden activation.
+    """
+
+    input_dim: int
+    output_dim: int = 1
+    latent_dims: tuple[int, ...] = ()
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_positive(name, input_dim=self.input_dim, output_dim=self.output_dim)
+        dims = parse_latent_dims(self.latent_dims)
+        for width in dims:
+            if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+                _fail(
+                    name, "latent_dims", self.latent_dims, "every width must be a positive integer"
+                )
+        object.__setattr__(self, "latent_dims", dims)
+        _check_choice(name, "activation", self.activation, ACTIVATIONS)
+
+    def replace(self, **changes: Any) -> RegressorConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,5 +1,21 @@
 """The shared configs: torchref uses the very same frozen dataclasses as jaxml (no jax import)."""
 
-from jaxml.config import ACTIVATIONS, ATTENTION_TYPES, FFN_KINDS, AttentionConfig, FFNConfig
+from jaxml.config import (
+    ACTIVATIONS,
+    ATTENTION_TYPES,
+    FFN_KINDS,
+    AttentionConfig,
+    FFNConfig,
+    RegressorConfig,
+    parse_latent_dims,
+)
 
-__all__ = ["ACTIVATIONS", "ATTENTION_TYPES", "FFN_KINDS", "AttentionConfig", "FFNConfig"]
+__all__ = [
+    "ACTIVATIONS",
+    "ATTENTION_TYPES",
+    "FFN_KINDS",
+    "AttentionConfig",
+    "FFNConfig",
+    "RegressorConfig",
+    "parse_latent_dims",
+]
