@@ -1,0 +1,191 @@
+"""One registry of benchmarks, one command: `python -m experiments.bench [NAME ...] [--out FILE]`.
+
+Each entry times jaxml (jitted, after warm-up, `block_until_ready`) against torchref (eager, and
+`torch.compile` where it works) in the same process, and returns rows. The table printed at the end
+gives medians and jax/torch ratios (< 1 means jaxml is faster); the same rows go to a JSON file.
+`matmul_peak` measures this machine's float32 GFLOP/s, which other entries use to report MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+Row = dict[str, Any]
+
+
+def median_seconds(
+    fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 7, min_time: float = 0.0
+) -> float:
+    """Median wall time of `fn()`; `fn` must block until its work is done."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < min_time:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def try_compile(module: torch.nn.Module) -> torch.nn.Module | None:
+    try:
+        return torch.compile(module)  # type: ignore[return-value]
+    except Exception:  # torch.compile is optional: report "n/a" where the backend is missing
+        return None
+
+
+# --------------------------------------------------------------------------- matmul peak
+_PEAK: dict[str, float] = {}
+
+
+def matmul_peak(args: argparse.Namespace) -> list[Row]:
+    """float32 GFLOP/s of an n×n matmul in numpy, XLA and torch; the best is the machine's peak."""
+    n = 1024 if args.quick else 2048
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    jmm = jax.jit(jnp.matmul)
+    flops = 2 * n**3
+    timings = {
+        "numpy": median_seconds(lambda: a @ b),
+        "jax": median_seconds(lambda: jmm(ja, jb).block_until_ready()),
+        "torch": median_seconds(lambda: ta @ tb),
+    }
+    rows = [
+        {"case": f"{name} {n}x{n}", "gflops": flops / t / 1e9, "ms": t * 1e3}
+        for name, t in timings.items()
+    ]
+    _PEAK["gflops"] = max(r["gflops"] for r in rows)
+    return rows
+
+
+def peak_gflops(args: argparse.Namespace) -> float:
+    if "gflops" not in _PEAK:
+        matmul_peak(args)
+    return _PEAK["gflops"]
+
+
+# --------------------------------------------------------------------------- attention
+def attention_flops(batch: int, seq: int, embed: int, heads: int, groups: int) -> float:
+    """Forward+backward FLOPs (backward = 2× forward) of the projections and both attention matmuls."""
+    head_dim = embed // heads
+    projections = 2 * batch * seq * embed * (2 * embed + 2 * groups * head_dim)
+    attention = 2 * 2 * batch * heads * seq * seq * head_dim
+    return 3.0 * (projections + attention)
+
+
+def attention_case(
+    batch: int, seq: int, embed: int, heads: int, attention_type: str, args: argparse.Namespace
+) -> Row:
+    from jaxml.config import AttentionConfig
+    from jaxml.layers.attention import Attention
+    from torchref.convert import load_jaxml_params
+    from torchref.layers.attention import Attention as TorchAttention
+
+    cfg = AttentionConfig(
+        embed, heads, attention_type, apply_causal_mask=True, use_rope=True, use_bias=False
+    )
+    x = np.random.default_rng(0).standard_normal((batch, seq, embed)).astype(np.float32)
+    params = Attention(cfg).init(jax.random.key(0), x)
+    jx = jnp.asarray(x)
+    grad = jax.jit(jax.grad(lambda p, x: Attention(cfg).apply(p, x).out.sum(), argnums=(0, 1)))
+    jax_s = median_seconds(lambda: jax.block_until_ready(grad(params, jx)))
+
+    module = load_jaxml_params(TorchAttention(cfg), params)
+    tx = torch.from_numpy(x).requires_grad_(True)
+
+    def torch_step(m: torch.nn.Module) -> None:
+        m.zero_grad(set_to_none=True)
+        m(tx).out.sum().backward()
+
+    torch_s = median_seconds(lambda: torch_step(module))
+    compiled_s = float("nan")
+    compiled = None if args.no_compile else try_compile(module)
+    if compiled is not None:
+        try:
+            compiled_s = median_seconds(lambda: torch_step(compiled), warmup=3)
+        except Exception:  # the inductor backend can fail on some hosts (no C++ compiler)
+            compiled_s = float("nan")
+    gflops = attention_flops(batch, seq, embed, heads, cfg.num_kv_heads) / 1e9
+    peak = peak_gflops(args)
+    return {
+        "case": f"{attention_type} b{batch} t{seq} d{embed} h{heads}",
+        "jax_ms": jax_s * 1e3,
+        "torch_ms": torch_s * 1e3,
+        "torch_compile_ms": compiled_s * 1e3,
+        "jax/torch": jax_s / torch_s,
+        "jax/compile": jax_s / compiled_s,
+        "jax_mfu": gflops / jax_s / peak,
+        "torch_mfu": gflops / torch_s / peak,
+    }
+
+
+def attention(args: argparse.Namespace) -> list[Row]:
+    """Causal self-attention with RoPE, forward+backward (input and param grads), mha/mqa/gqa, two sizes."""
+    sizes = [(8, 256, 256, 8)] if args.quick else [(8, 256, 256, 8), (4, 1024, 512, 8)]
+    return [attention_case(*size, kind, args) for size in sizes for kind in ("mha", "mqa", "gqa")]
+
+
+REGISTRY: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
+    "matmul_peak": matmul_peak,
+    "attention": attention,
+}
+
+
+def format_table(name: str, rows: list[Row]) -> str:
+    if not rows:
+        return f"## {name}\n(no rows)"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    cells = [[cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = [f"## {name}", "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(REGISTRY)}"
+    )
+    parser.add_argument("--out", default="bench_results.json", help="JSON file for the results")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile timings")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in REGISTRY]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; allowed: {', '.join(REGISTRY)}")
+    results: dict[str, list[Row]] = {}
+    for name in args.names or list(REGISTRY):
+        results[name] = REGISTRY[name](args)
+        print(format_table(name, results[name]), flush=True)
+    meta = {
+        "machine": platform.machine(),
+        "cpus": torch.get_num_threads(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2, allow_nan=True)
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
