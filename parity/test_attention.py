@@ -75,6 +75,21 @@ def test_attention_weights_match(variant: str, device: str) -> None:
     assert_close("attention weights", jax_weights, torch_weights, tolerance("float32", device))
 
 
+@pytest.mark.parametrize("attention_type", ["mha", "gqa"])
+def test_long_causal_self_attention_blockwise_path(attention_type: str, device: str) -> None:
+    """64 positions: jaxml takes the blockwise custom-VJP path, torch the fused SDPA kernel."""
+    cfg = AttentionConfig(EMBED, HEADS, attention_type, apply_causal_mask=True, use_rope=True)
+    x = np.random.default_rng(5).standard_normal((BATCH, 64, EMBED)).astype(np.float32)
+    check_parity(
+        lambda p, x: Attention(cfg).apply({"params": p}, x).out,
+        _init(cfg, x),
+        TorchAttention(cfg),
+        lambda m, x: m(x).out,
+        [x],
+        device=device,
+    )
+
+
 def test_bfloat16_self_attention(device: str) -> None:
     """bf16 on both sides with the table's looser bf16 tolerance (8-bit mantissa)."""
     cfg = AttentionConfig(EMBED, HEADS, attention_type="gqa", apply_causal_mask=True, use_rope=True)
