@@ -190,3 +190,93 @@ class RegressorConfig:
 
     def replace(self, **changes: Any) -> RegressorConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The classic post-norm transformer family (regression, autoregressive, encoder-decoder).
+
+    Keeps the original framework's names. `num_layers` is the depth of the encoder-only models;
+    `num_encoder_layers` / `num_decoder_layers` (default `num_layers`) that of `EncoderDecoder`.
+    `apply_causal_mask` applies to the regression `TransformerModel` only: the autoregressive
+    model and the decoder are always causal, the encoder never. `num_groups` follows
+    `AttentionConfig`. `ffn_config` (default: a ReLU MLP of width `ffn_latent_dim`) fills every
+    FFN slot; its `use_moe` switches them to Mixture-of-Experts. `max_seq_len` bounds the
+    sinusoidal position table.
+    """
+
+    input_dim: int
+    embed_dim: int
+    ffn_latent_dim: int
+    num_heads: int
+    output_dim: int = 1
+    num_layers: int = 2
+    num_encoder_layers: int | None = None
+    num_decoder_layers: int | None = None
+    attention_type: str = "mha"
+    num_groups: int | None = None
+    apply_causal_mask: bool = False
+    max_seq_len: int = 128
+    ffn_config: FFNConfig | None = None
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_positive(
+            name,
+            input_dim=self.input_dim,
+            embed_dim=self.embed_dim,
+            ffn_latent_dim=self.ffn_latent_dim,
+            num_heads=self.num_heads,
+            output_dim=self.output_dim,
+            num_layers=self.num_layers,
+            max_seq_len=self.max_seq_len,
+        )
+        for field in ("num_encoder_layers", "num_decoder_layers"):
+            if getattr(self, field) is not None:
+                _check_positive(name, **{field: getattr(self, field)})
+        if self.embed_dim % 2:
+            _fail(name, "embed_dim", self.embed_dim, "must be even (sinusoidal positions)")
+        if not self.layer_norm_eps > 0:
+            _fail(name, "layer_norm_eps", self.layer_norm_eps, "must be > 0")
+        self.attention_config(causal=False)  # validates attention_type / num_groups / num_heads
+        ffn = self.ffn_config
+        if ffn is not None:
+            if not isinstance(ffn, FFNConfig):
+                _fail(name, "ffn_config", ffn, "must be an FFNConfig or None")
+            if ffn.embed_dim != self.embed_dim:
+                _fail(
+                    name, "ffn_config", ffn, f"its embed_dim must equal embed_dim={self.embed_dim}"
+                )
+            if ffn.ffn_latent_dim != self.ffn_latent_dim:
+                _fail(
+                    name,
+                    "ffn_config",
+                    ffn,
+                    f"its ffn_latent_dim must equal ffn_latent_dim={self.ffn_latent_dim}",
+                )
+
+    @property
+    def ffn(self) -> FFNConfig:
+        """The FFN every block uses (`ffn_config`, or a ReLU MLP of width `ffn_latent_dim`)."""
+        return self.ffn_config or FFNConfig(self.embed_dim, self.ffn_latent_dim)
+
+    @property
+    def encoder_depth(self) -> int:
+        return self.num_layers if self.num_encoder_layers is None else self.num_encoder_layers
+
+    @property
+    def decoder_depth(self) -> int:
+        return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+    def attention_config(self, causal: bool) -> AttentionConfig:
+        return AttentionConfig(
+            self.embed_dim,
+            self.num_heads,
+            attention_type=self.attention_type,
+            num_groups=self.num_groups,
+            apply_causal_mask=causal,
+        )
+
+    def replace(self, **changes: Any) -> TransformerConfig:
+        return dataclasses.replace(self, **changes)

@@ -7,6 +7,7 @@ from jaxml.config import (
     AttentionConfig,
     FFNConfig,
     RegressorConfig,
+    TransformerConfig,
     parse_latent_dims,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "AttentionConfig",
     "FFNConfig",
     "RegressorConfig",
+    "TransformerConfig",
     "parse_latent_dims",
 ]
