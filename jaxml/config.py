@@ -280,3 +280,64 @@ class TransformerConfig:
 
     def replace(self, **changes: Any) -> TransformerConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """`CNNClassifier` for small images: per entry of `channels` a conv block
+    (`kernel_size` x `kernel_size` conv, "same" padding, activation, 2x2 max-pool, stride 2),
+    then a Dense + activation per entry of `hidden_dims`, then a Dense to `num_classes` logits.
+
+    `image_size` is `(height, width)` (an int means square); each pool floors odd sizes.
+    """
+
+    in_channels: int
+    image_size: tuple[int, int]
+    num_classes: int = 10
+    channels: tuple[int, ...] = (16, 32)
+    kernel_size: int = 3
+    hidden_dims: tuple[int, ...] = (64,)
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        given: Any = self.image_size
+        size: tuple[int, ...] = (given, given) if isinstance(given, int) else tuple(given)
+        object.__setattr__(self, "image_size", size)
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
+        _check_positive(
+            name,
+            in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            kernel_size=self.kernel_size,
+        )
+        if len(size) != 2:
+            _fail(name, "image_size", self.image_size, "must be (height, width) or an int")
+        for field in ("image_size", "channels", "hidden_dims"):
+            for value in getattr(self, field):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    _fail(name, field, getattr(self, field), "entries must be positive integers")
+        if not self.channels:
+            _fail(name, "channels", self.channels, "needs at least one conv block")
+        if self.kernel_size % 2 == 0:
+            _fail(name, "kernel_size", self.kernel_size, "must be odd (symmetric 'same' padding)")
+        if min(size) < 2 ** len(self.channels):
+            _fail(
+                name,
+                "image_size",
+                size,
+                f"{len(self.channels)} 2x2 poolings need at least {2 ** len(self.channels)} pixels per side",
+            )
+        _check_choice(name, "activation", self.activation, ACTIVATIONS)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """`(height, width, channels)` after the conv stack, i.e. what is flattened."""
+        height, width = self.image_size
+        for _ in self.channels:
+            height, width = height // 2, width // 2
+        return height, width, self.channels[-1]
+
+    def replace(self, **changes: Any) -> CNNConfig:
+        return dataclasses.replace(self, **changes)

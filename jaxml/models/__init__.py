@@ -1,5 +1,6 @@
 """Complete models built from `jaxml.layers`; each has a PyTorch twin in `torchref.models`."""
 
+from jaxml.models.cnn import CNNClassifier
 from jaxml.models.generation import generate, predict_autoregressively
 from jaxml.models.regression import LinearRegressor, MLPRegressor
 from jaxml.models.transformer import (
@@ -10,6 +11,7 @@ from jaxml.models.transformer import (
 
 __all__ = [
     "AutoregressiveTransformerModel",
+    "CNNClassifier",
     "EncoderDecoder",
     "LinearRegressor",
     "MLPRegressor",

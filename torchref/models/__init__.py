@@ -1,5 +1,6 @@
 """Complete models, PyTorch twins of `jaxml.models` (same parameter names after conversion)."""
 
+from torchref.models.cnn import CNNClassifier
 from torchref.models.generation import generate, predict_autoregressively
 from torchref.models.regression import LinearRegressor, MLPRegressor
 from torchref.models.transformer import (
@@ -10,6 +11,7 @@ from torchref.models.transformer import (
 
 __all__ = [
     "AutoregressiveTransformerModel",
+    "CNNClassifier",
     "EncoderDecoder",
     "LinearRegressor",
     "MLPRegressor",
