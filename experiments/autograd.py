@@ -158,21 +158,36 @@ def train_jax(
 
 
 def train_torch(
-    params: J.Params, x: np.ndarray, y: np.ndarray, steps: int, lr: float, activation: str
+    params: J.Params,
+    x: np.ndarray,
+    y: np.ndarray,
+    steps: int,
+    lr: float,
+    activation: str,
+    threads: int = 1,
 ) -> list[float]:
-    """The same run with `torchref.autograd.MLP` and `torch.optim.Adam`, from the same weights."""
+    """The same run with `torchref.autograd.MLP` and `torch.optim.Adam`, from the same weights.
+
+    Runs on `threads` intra-op threads (restored afterwards): at these sizes extra threads only
+    add synchronisation, and on a busy 2-core machine they made the run 20x slower.
+    """
     sizes = [x.shape[1]] + [params[f"layers_{i}"]["bias"].shape[0] for i in range(len(params))]
     model = T.MLP(sizes, activation)
     load_jaxml_params(model, jax.tree_util.tree_map(np.asarray, params))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = T.mse(model(tx), ty)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = T.mse(model(tx), ty)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(previous)
     return losses
 
 
@@ -185,9 +200,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--activation", default="tanh", choices=sorted(J.ACTIVATIONS))
     parser.add_argument("--log-every", type=int, default=50, help="print every N steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.log_every < 1:
-        parser.error("--steps and --log-every must be >= 1")
+    if min(args.steps, args.log_every, args.torch_threads) < 1:
+        parser.error("--steps, --log-every and --torch-threads must be >= 1")
     console = Console(width=140)
 
     rng = np.random.default_rng(args.seed)
@@ -214,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     jax_losses = train_jax(params, x, y, args.steps, args.lr, args.activation)
     jax_s = time.perf_counter() - start
     start = time.perf_counter()
-    torch_losses = train_torch(params, x, y, args.steps, args.lr, args.activation)
+    torch_losses = train_torch(
+        params, x, y, args.steps, args.lr, args.activation, args.torch_threads
+    )
     torch_s = time.perf_counter() - start
     curve = Table(
         title=f"custom-op MLP 2-{args.hidden}-{args.hidden}-1 ({args.activation}), "
@@ -232,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     console.print(curve)
     console.print(
-        f"{args.steps} steps: jax {jax_s:.2f} s (incl. compile), torch {torch_s:.2f} s; "
+        f"{args.steps} steps: jax {jax_s:.2f} s (incl. compile), "
+        f"torch {torch_s:.2f} s ({args.torch_threads} thread(s)); "
         f"mse {jax_losses[0]:.4f} -> {jax_losses[-1]:.2e} (jax), "
         f"{torch_losses[0]:.4f} -> {torch_losses[-1]:.2e} (torch)"
     )
