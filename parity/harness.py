@@ -80,7 +80,7 @@ def assert_close(name: str, jax_value: Any, torch_value: Any, tol: Tolerance) ->
 
 
 def to_torch(x: np.ndarray, device: str, dtype: str, requires_grad: bool = False) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(x))
+    tensor = torch.from_numpy(np.array(x, order="C"))  # ascontiguousarray would turn 0-d into [1]
     if np.issubdtype(x.dtype, np.floating):
         tensor = tensor.to(TORCH_DTYPES[dtype])
     tensor = tensor.to(device).contiguous()
