@@ -2,10 +2,11 @@
 
 Both functions run one `lax.fori_loop` of full forward passes over a fixed-size buffer (one
 compilation per shape). Causal attention makes position `t` depend on positions `<= t` only, so
-the not-yet-generated tail of the buffer cannot change the result; for dense FFNs this equals
-calling the model on the growing sequence step by step. With MoE FFNs the expert capacity is
-shared by every token in the forward pass, the unfilled tail included, so capacity drops may
-differ from the step-by-step calls.
+the not-yet-generated tail of the buffer cannot change the result: with dense FFNs, and with
+dropless MoE FFNs (no `capacity`/`capacity_factor`), this equals calling the model on the
+growing sequence step by step. A capacity-limited MoE shares its expert slots among every token
+in the forward pass (the unfilled tail and the other batch rows included), so which choices it
+drops can differ from the step-by-step calls.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Autoregressive prediction on continuous values, PyTorch twin of `jaxml.models.generation`.
 
 Same fixed-size buffer scheme as jaxml (a full forward pass per step over
-`prefix ++ predictions[:-1]`), so both sides agree even with MoE FFNs, whose expert capacity
-counts every token in the pass. Runs under `torch.no_grad()`.
+`prefix ++ predictions[:-1]`), so both sides agree even with capacity-limited MoE FFNs, whose
+expert slots are shared by every token in the pass. Runs under `torch.no_grad()`.
 """
 
 from __future__ import annotations
