@@ -105,10 +105,20 @@ class AttentionConfig:
 
 @dataclass(frozen=True)
 class FFNConfig:
-    """Position-wise feed-forward network: `mlp` (two layers) or `swiglu`.
+    """Position-wise feed-forward network: `mlp` (two layers) or `swiglu`, or a Mixture of Experts.
 
     The Mixture-of-Experts fields (`use_moe`, `num_experts`, `capacity`, `alpha`, `topk`) keep
-    the names users of the original framework know; the MoE layer reads them.
+    the names users of the original framework know; the MoE layer reads them. Each expert is an
+    FFN of this config's `kind`/`activation`/`ffn_latent_dim`. Capacity (slots per expert) is
+    `capacity` (absolute) or `ceil(topk · tokens / num_experts · capacity_factor)`; with neither
+    set the layer is dropless (capacity = tokens, nothing can overflow). `overflow_policy` says
+    what happens to a token choice beyond capacity: `drop` (zero output, the residual carries the
+    token) or `overflow_expert` (an extra dense expert processes it). `alpha` weights the
+    load-balancing loss, `z_loss_coef` the router z-loss. `norm_topk_prob` renormalises the
+    selected router probabilities to sum to 1 (Mixtral; with topk=1 the weight is then 1 and the
+    router learns only from the aux losses — set False for Switch-style raw probabilities).
+    `dispatch` picks the token-to-slot implementation: `einsum` (one-hot masks), `gather`
+    (index gather/scatter) or `auto` (by size, see `moe_dispatch`).
     """
 
     embed_dim: int
@@ -124,6 +134,8 @@ class FFNConfig:
     alpha: float = 0.01
     z_loss_coef: float = 0.0
     overflow_policy: str = "drop"
+    norm_topk_prob: bool = True
+    dispatch: str = "auto"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -135,17 +147,61 @@ class FFNConfig:
             _fail(name, "topk", self.topk, f"must be <= num_experts={self.num_experts}")
         if self.capacity is not None:
             _check_positive(name, capacity=self.capacity)
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            _fail(name, "capacity_factor", self.capacity_factor, "must be > 0")
+        number = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+        cf = self.capacity_factor
+        if cf is not None and not (number(cf) and 0 < cf < float("inf")):
+            _fail(name, "capacity_factor", cf, "must be a finite number > 0")
         if self.capacity is not None and self.capacity_factor is not None:
             _fail(
                 name, "capacity", self.capacity, "set either capacity or capacity_factor, not both"
             )
-        if self.alpha < 0:
-            _fail(name, "alpha", self.alpha, "must be >= 0")
-        if self.z_loss_coef < 0:
-            _fail(name, "z_loss_coef", self.z_loss_coef, "must be >= 0")
+        for field in ("alpha", "z_loss_coef"):
+            value = getattr(self, field)
+            if not (number(value) and 0 <= value < float("inf")):
+                _fail(name, field, value, "must be a finite number >= 0")
         _check_choice(name, "overflow_policy", self.overflow_policy, ("drop", "overflow_expert"))
+        if (
+            self.overflow_policy == "overflow_expert"
+            and self.capacity is None
+            and self.capacity_factor is None
+        ):
+            _fail(
+                name,
+                "overflow_policy",
+                self.overflow_policy,
+                "needs capacity or capacity_factor (without them the layer is dropless and "
+                "nothing ever overflows)",
+            )
+        for field in ("use_moe", "use_bias", "norm_topk_prob"):
+            if not isinstance(getattr(self, field), bool):
+                _fail(name, field, getattr(self, field), "must be True or False")
+        _check_choice(name, "dispatch", self.dispatch, ("auto", "einsum", "gather"))
+
+    def expert_capacity(self, num_tokens: int) -> int:
+        """Slots per expert for a batch of `num_tokens` tokens, in `[1, num_tokens]`.
+
+        An expert receives each token at most once, so more than `num_tokens` slots never help.
+        """
+        if self.capacity is not None:
+            slots = self.capacity
+        elif self.capacity_factor is not None:
+            slots = int(-(-(self.topk * num_tokens * self.capacity_factor) // self.num_experts))
+        else:
+            slots = num_tokens
+        return max(1, min(slots, num_tokens))
+
+    def moe_dispatch(self, num_tokens: int) -> str:
+        """`einsum` or `gather` for `num_tokens` tokens (`dispatch`, or the `auto` rule).
+
+        The one-hot einsums cost `4 · tokens · num_experts · capacity · embed_dim` FLOPs against
+        the experts' `2 · num_experts · capacity · embed_dim · ffn_latent_dim · matrices`, i.e.
+        a ratio of `2 · tokens / (ffn_latent_dim · matrices)`: `auto` takes the einsums only
+        while that ratio is at most 1/8 (small token counts, where gather overhead dominates).
+        """
+        if self.dispatch != "auto":
+            return self.dispatch
+        matrices = 3 if self.kind == "swiglu" else 2
+        return "einsum" if 16 * num_tokens <= self.ffn_latent_dim * matrices else "gather"
 
     def replace(self, **changes: Any) -> FFNConfig:
         return dataclasses.replace(self, **changes)

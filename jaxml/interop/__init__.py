@@ -1,0 +1,1 @@
+"""Conversion between jaxml parameter trees and Hugging Face checkpoint layouts (numpy only)."""
