@@ -1,0 +1,64 @@
+"""Run logging shared by both backends (no jax, no torch): tensorboardX scalars and figures,
+the prediction-vs-target plot of regression runs, and the tqdm progress bar of training loops."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from tensorboardX import SummaryWriter
+from tqdm.auto import tqdm
+
+
+class RunLogger:
+    """Writes tensorboardX events under `logdir`; with `logdir=None` every call is a no-op."""
+
+    def __init__(self, logdir: str | Path | None) -> None:
+        self.logdir = None if logdir is None else Path(logdir)
+        self._writer = None if logdir is None else SummaryWriter(str(logdir))
+
+    def scalars(self, prefix: str, metrics: Mapping[str, float], step: int) -> None:
+        """One scalar per entry, tagged `prefix/name` (e.g. `train/loss`)."""
+        if self._writer is not None:
+            for name, value in metrics.items():
+                self._writer.add_scalar(f"{prefix}/{name}", float(value), step)
+
+    def figure(self, tag: str, figure: Figure, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_figure(tag, figure, step)
+
+    def text(self, tag: str, value: Mapping[str, Any] | str, step: int = 0) -> None:
+        if self._writer is not None:
+            body = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+            self._writer.add_text(tag, f"```\n{body}\n```", step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def prediction_figure(prediction: np.ndarray, target: np.ndarray, title: str = "") -> Figure:
+    """Scatter of every predicted value against its target, with the `y = x` line."""
+    pred = np.asarray(prediction, np.float64).ravel()
+    true = np.asarray(target, np.float64).ravel()
+    if pred.shape != true.shape:
+        raise ValueError(f"prediction ({pred.size} values) and target ({true.size}) differ")
+    fig = Figure(figsize=(4, 4), dpi=80)
+    ax = fig.add_subplot()
+    ax.scatter(true, pred, s=4, alpha=0.5)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
+    ax.set_xlabel("target")
+    ax.set_ylabel("prediction")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def progress_bar(total: int, *, initial: int = 0, enabled: bool = True, desc: str = "train") -> Any:
+    """A tqdm bar over `total` steps starting at `initial` (`enabled=False` hides it)."""
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True)
