@@ -27,7 +27,7 @@ def test_regressor(name: str, latent_dims: tuple[int, ...], activation: str, dev
     model = getattr(jreg, name)(cfg)
     params = model.init(jax.random.key(0), X)["params"]
     check_parity(
-        lambda p, x: model.apply({"params": p}, x),
+        jax.jit(lambda p, x: model.apply({"params": p}, x)),
         params,
         getattr(treg, name)(cfg),
         lambda m, x: m(x),

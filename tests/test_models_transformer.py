@@ -139,7 +139,7 @@ def test_encoder_decoder_padding_causality_and_split_calls(encdec: tuple) -> Non
 
 def test_predict_autoregressively_matches_repeated_forward_passes(ar: tuple) -> None:
     model, params = ar
-    prefix, steps = X[:, :3], 3
+    prefix, steps = X[:, :3], 2
     preds = predict_autoregressively(model, params, prefix, steps)
     seq = prefix
     for i in range(steps):
@@ -151,11 +151,11 @@ def test_predict_autoregressively_matches_repeated_forward_passes(ar: tuple) -> 
 def test_generate_matches_repeated_decoding(encdec: tuple) -> None:
     model, params = encdec
     start = jnp.ones((2, 1, 2))
-    preds = generate(model, params, X, 3, start)
+    preds = generate(model, params, X, 2, start)
     variables = {"params": params}
     memory, _ = model.apply(variables, X, method="encode")
     target = start
-    for i in range(3):
+    for i in range(2):
         out, _ = model.apply(variables, target, memory, method="decode")
         np.testing.assert_allclose(preds[:, i], out[:, -1], rtol=1e-5, atol=1e-5)
         target = jnp.concatenate([target, out[:, -1:]], axis=1)
@@ -165,3 +165,28 @@ def test_generation_needs_matching_input_and_output_dims() -> None:
     model = AutoregressiveTransformerModel(CFG.replace(output_dim=1))
     with pytest.raises(ValueError, match="output_dim=1 must equal input_dim=2"):
         predict_autoregressively(model, {}, X, 2)
+
+
+def test_moe_aux_collects_every_moe_layer_in_order() -> None:
+    moe = FFNConfig(8, 16, use_moe=True, num_experts=3, topk=1, capacity=3, z_loss_coef=0.1)
+    model = EncoderDecoder(CFG.replace(ffn_config=moe, num_encoder_layers=2))
+    # one compilation: init_with_output also returns the captured per-module outputs
+    (_, aux), variables = jax.jit(
+        lambda key: model.init_with_output(key, X, T, capture_intermediates=True)
+    )(jax.random.key(4))
+    found = variables["intermediates"]
+    layers = [
+        found[stack][f"layers_{i}"]["ffn"]["__call__"][0][1]
+        for stack, i in (("encoder", 0), ("encoder", 1), ("decoder", 0))
+    ]
+    assert sorted(aux) == ["aux_loss", "dropped_fraction", "tokens_per_expert"]
+    assert aux["aux_loss"].dtype == jnp.float32 and float(aux["aux_loss"]) > 0
+    assert float(aux["dropped_fraction"]) > 0  # 12 source tokens, 3 experts x 3 slots
+    np.testing.assert_allclose(aux["aux_loss"], sum(a["aux_loss"] for a in layers), rtol=1e-6)
+    np.testing.assert_allclose(
+        aux["dropped_fraction"], np.mean([a["dropped_fraction"] for a in layers]), rtol=1e-6
+    )
+    np.testing.assert_array_equal(
+        aux["tokens_per_expert"], np.stack([a["tokens_per_expert"] for a in layers])
+    )
+    assert aux["tokens_per_expert"].shape == (3, 3)
