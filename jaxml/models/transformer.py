@@ -19,6 +19,7 @@ from jax import Array
 from jaxml.config import FFNConfig, TransformerConfig
 from jaxml.layers.attention import Attention
 from jaxml.layers.ffn import make_ffn
+from jaxml.layers.moe import MoE
 from jaxml.layers.positions import sinusoidal_positions
 
 Aux = dict[str, Array]
@@ -37,8 +38,6 @@ def collect_aux(moe_aux: list[Aux]) -> Aux:
 
 def _make_ffn_slot(config: FFNConfig) -> nn.Module:
     if config.use_moe:
-        from jaxml.layers.moe import MoE
-
         return MoE(config)
     return make_ffn(config)
 

@@ -12,6 +12,7 @@ from torch import nn
 from jaxml.config import FFNConfig, TransformerConfig
 from torchref.layers.attention import Attention
 from torchref.layers.ffn import make_ffn
+from torchref.layers.moe import MoE
 from torchref.layers.positions import sinusoidal_positions
 
 Aux = dict[str, torch.Tensor]
@@ -30,8 +31,6 @@ def collect_aux(moe_aux: list[Aux], device: torch.device) -> Aux:
 
 def _make_ffn_slot(config: FFNConfig) -> nn.Module:
     if config.use_moe:
-        from torchref.layers.moe import MoE
-
         return MoE(config)
     return make_ffn(config)
 
