@@ -1,0 +1,245 @@
+"""Word-count throughput: `python -m mapreduce.bench [--size-mb 200] [--workers 1 2] [--out FILE]`.
+
+On ~`size_mb` MB of generated Zipf text (cached under the data directory, seeded) it times:
+
+- `counter_lines`: the plain loop `for line in f: counts.update(line.split())`;
+- `counter_blocks`: `counts.update("".join(f.readlines(8 MiB)).split())` per 8 MiB of lines;
+- the engine's `word_count` on the sequential executor, the process pool with each worker count,
+  and the Dask executor on a 2-worker `LocalCluster`;
+- `dask.bag` written the idiomatic way on the same cluster:
+  `db.read_text(path, blocksize=...).str.split().flatten().frequencies()`.
+
+MB/s is input MB (10^6 bytes) per second of wall time (best of `repeats`), cluster start-up
+excluded. Ratios: against
+the faster Counter loop, against the sequential executor, and (dask) against `dask.bag`.
+Goals from the issue: 2 workers >= 1.8x sequential; sequential >= 0.8x Counter loop; our dask
+>= 1.5x dask.bag. The engine's tokenizer is Unicode-aware and case-folding, `str.split` is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mapreduce.engine import run_job
+from mapreduce.executors import DaskExecutor, Executor, ProcessExecutor, SequentialExecutor
+from mapreduce.job import JobConfig
+from mapreduce.report import format_table
+from mapreduce.word_stats import word_count_job
+
+Row = dict[str, Any]
+_SYLLABLES = "ka to ri na se mo lu pe an ex ti ro ve da mi sun or el qu ba ne".split()
+_ACCENTED = ["café", "naïve", "über", "señor", "façade", "déjà", "straße", "smörgås"]
+
+
+def _vocabulary(size: int, rng: np.random.Generator) -> list[str]:
+    words: set[str] = set(_ACCENTED)
+    ordered = list(_ACCENTED)
+    while len(ordered) < size:
+        n = int(rng.integers(1, 5))
+        word = "".join(_SYLLABLES[i] for i in rng.integers(0, len(_SYLLABLES), n))
+        if word not in words:
+            words.add(word)
+            ordered.append(word)
+    order = rng.permutation(len(ordered))  # accented words land at random Zipf ranks
+    return [ordered[i] for i in order]
+
+
+def write_zipf_text(
+    path: str, size_mb: float, *, seed: int = 0, vocab_size: int = 100_000, exponent: float = 1.1
+) -> str:
+    """Write about `size_mb` MB (10^6 bytes, plus the rest of the last line) of text:
+    Zipf(`exponent`)-distributed words from a seeded vocabulary of syllable words (a few
+    accented), 12 words a line, ~1% capitalized."""
+    rng = np.random.default_rng(seed)
+    vocab = _vocabulary(vocab_size, rng)
+    probs = 1.0 / np.arange(1, vocab_size + 1) ** exponent
+    probs /= probs.sum()
+    forms = [w + " " for w in vocab] + [w + "\n" for w in vocab]
+    forms += [w.capitalize() + " " for w in vocab] + [w.capitalize() + "\n" for w in vocab]
+    target = int(size_mb * 1e6)
+    written = 0
+    chunk_words = 1_200_000
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        while written < target:
+            idx = rng.choice(vocab_size, chunk_words, p=probs)
+            idx += np.where(np.arange(chunk_words) % 12 == 11, vocab_size, 0)
+            idx += np.where(rng.random(chunk_words) < 0.01, 2 * vocab_size, 0)
+            data = "".join([forms[i] for i in idx.tolist()]).encode("utf-8")
+            if written + len(data) > target:  # stop at the first line end past the target size
+                data = data[: data.find(b"\n", target - written) + 1 or len(data)]
+            written += f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def zipf_file(size_mb: float, data_dir: str) -> str:
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, f"zipf_{size_mb:g}mb.txt")
+    if not os.path.exists(path):
+        write_zipf_text(path, size_mb)
+    return path
+
+
+def counter_lines(path: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            counts.update(line.split())
+    return counts
+
+
+def counter_blocks(path: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    with open(path, encoding="utf-8") as f:
+        while lines := f.readlines(8 << 20):
+            counts.update("".join(lines).split())
+    return counts
+
+
+def dask_bag_frequencies(path: str, client: Any) -> dict[str, int]:
+    import dask.bag as db
+
+    bag = db.read_text(path, blocksize="25MB")
+    return dict(client.compute(bag.str.split().flatten().frequencies()).result())
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Best wall time of `repeats` calls (the machine may be shared) and the last value."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, value
+
+
+def _digest(files: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for path in files:
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def run_benchmark(
+    size_mb: float = 200.0,
+    workers: list[int] | None = None,
+    data_dir: str | None = None,
+    repeats: int = 2,
+) -> list[Row]:
+    """Rows `{name, seconds, mb_per_s, vs_counter, vs_sequential, vs_dask_bag, goal, met, ...}`;
+    `seconds` is the best of `repeats` runs."""
+    workers = workers or [1, 2]
+    data_dir = data_dir or os.path.join(tempfile.gettempdir(), "mapreduce_bench")
+    path = zipf_file(size_mb, data_dir)
+    mb = os.path.getsize(path) / 1e6
+    out_root = tempfile.mkdtemp(prefix="mapreduce-bench-out-")
+    job = word_count_job()
+    config = JobConfig(num_partitions=4)
+    timings: dict[str, float] = {}
+    digests: dict[str, str] = {}
+
+    def engine(name: str, executor: Executor) -> None:
+        seconds, result = _timed(
+            lambda: run_job(
+                job, [path], os.path.join(out_root, name), executor=executor, config=config
+            ),
+            repeats,
+        )
+        timings[name] = seconds
+        digests[name] = _digest(result.files)
+
+    timings["counter_lines"], _ = _timed(lambda: counter_lines(path), repeats)
+    timings["counter_blocks"], _ = _timed(lambda: counter_blocks(path), repeats)
+    engine("sequential", SequentialExecutor())
+    for n in workers:
+        with ProcessExecutor(n) as pool:
+            engine(f"processes_{n}", pool)
+    with DaskExecutor(2) as dask_ex:
+        engine("dask_2", dask_ex)
+        timings["dask_bag_2"], _ = _timed(
+            lambda: dask_bag_frequencies(path, dask_ex.client), repeats
+        )
+
+    counter = min(timings["counter_lines"], timings["counter_blocks"])
+    goals = {
+        "sequential": ("vs_counter", 0.8),
+        "processes_2": ("vs_sequential", 1.8),
+        "dask_2": ("vs_dask_bag", 1.5),
+    }
+    rows: list[Row] = []
+    for name, seconds in timings.items():
+        row: Row = {
+            "name": name,
+            "seconds": round(seconds, 3),
+            "mb_per_s": round(mb / seconds, 2),
+            "vs_counter": round(counter / seconds, 3),
+            "vs_sequential": round(timings["sequential"] / seconds, 3),
+            "vs_dask_bag": round(timings["dask_bag_2"] / seconds, 3),
+            "output_digest": digests.get(name, ""),
+        }
+        if name in goals:
+            ratio, target = goals[name]
+            row["goal"] = f"{ratio} >= {target}"
+            row["met"] = bool(row[ratio] >= target)
+        rows.append(row)
+    engine_digests = set(digests.values())
+    if len(engine_digests) != 1:
+        raise RuntimeError(f"executors disagree on the output: {digests}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(
+        prog="python -m mapreduce.bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--size-mb", type=float, default=200.0)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--data-dir", help="where the generated text is cached (default: TMP/mapreduce_bench)"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per case")
+    parser.add_argument("--out", default="bench_results_mapreduce.json")
+    args = parser.parse_args(argv)
+    rows = run_benchmark(args.size_mb, args.workers, args.data_dir, args.repeats)
+    print(
+        format_table(
+            rows,
+            [
+                "name",
+                "seconds",
+                "mb_per_s",
+                "vs_counter",
+                "vs_sequential",
+                "vs_dask_bag",
+                "goal",
+                "met",
+            ],
+        )
+    )
+    meta = {
+        "size_mb": args.size_mb,
+        "repeats": args.repeats,
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "results": {"mapreduce": rows}}, f, indent=2)
+    print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
