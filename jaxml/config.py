@@ -117,8 +117,10 @@ class FFNConfig:
     load-balancing loss, `z_loss_coef` the router z-loss. `norm_topk_prob` renormalises the
     selected router probabilities to sum to 1 (Mixtral; with topk=1 the weight is then 1 and the
     router learns only from the aux losses — set False for Switch-style raw probabilities).
-    `dispatch` picks the token-to-slot implementation: `einsum` (one-hot masks), `gather`
-    (index gather/scatter) or `auto` (by size, see `moe_dispatch`).
+    `dispatch` picks how tokens move to expert slots and back, with identical results: `gather`
+    (index tables, `O(tokens · embed_dim)`) or `einsum` (GShard one-hot masks
+    `[tokens, num_experts, capacity]`, `O(tokens² · topk · embed_dim)` at a fixed capacity factor);
+    `gather` was as fast or faster at every size measured on CPU (see `experiments.bench_moe`).
     """
 
     embed_dim: int
@@ -135,7 +137,7 @@ class FFNConfig:
     z_loss_coef: float = 0.0
     overflow_policy: str = "drop"
     norm_topk_prob: bool = True
-    dispatch: str = "auto"
+    dispatch: str = "gather"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -175,7 +177,7 @@ class FFNConfig:
         for field in ("use_moe", "use_bias", "norm_topk_prob"):
             if not isinstance(getattr(self, field), bool):
                 _fail(name, field, getattr(self, field), "must be True or False")
-        _check_choice(name, "dispatch", self.dispatch, ("auto", "einsum", "gather"))
+        _check_choice(name, "dispatch", self.dispatch, ("gather", "einsum"))
 
     def expert_capacity(self, num_tokens: int) -> int:
         """Slots per expert for a batch of `num_tokens` tokens, in `[1, num_tokens]`.
@@ -189,19 +191,6 @@ class FFNConfig:
         else:
             slots = num_tokens
         return max(1, min(slots, num_tokens))
-
-    def moe_dispatch(self, num_tokens: int) -> str:
-        """`einsum` or `gather` for `num_tokens` tokens (`dispatch`, or the `auto` rule).
-
-        The one-hot einsums cost `4 · tokens · num_experts · capacity · embed_dim` FLOPs against
-        the experts' `2 · num_experts · capacity · embed_dim · ffn_latent_dim · matrices`, i.e.
-        a ratio of `2 · tokens / (ffn_latent_dim · matrices)`: `auto` takes the einsums only
-        while that ratio is at most 1/8 (small token counts, where gather overhead dominates).
-        """
-        if self.dispatch != "auto":
-            return self.dispatch
-        matrices = 3 if self.kind == "swiglu" else 2
-        return "einsum" if 16 * num_tokens <= self.ffn_latent_dim * matrices else "gather"
 
     def replace(self, **changes: Any) -> FFNConfig:
         return dataclasses.replace(self, **changes)

@@ -4,11 +4,15 @@ Tokens `[batch, seq, embed_dim]` are flattened to `T = batch · seq` rows. The r
 Dense `gate`, float32) gives `probs [T, E]`; each token picks its `topk` experts. Choices are
 ranked choice-major — every token's first choice, in token order, before any second choice — and a
 cumulative sum gives each choice its slot in its expert's buffer of `capacity` slots. Choices at
-slot >= capacity overflow: dropped (zero output) or sent to the dense `overflow_expert`.
+slot >= capacity overflow: dropped (zero output) or sent to the dense `overflow_expert`, which
+runs on all `T` rows (static shape) and is weighted by each token's overflowed router weight, so
+only overflowing tokens get its output or send it gradients.
 
 Dispatch moves kept choices into `[E, capacity, embed_dim]` and back, two ways with the same
-result: `einsum` (one-hot masks `[T, E, capacity]`, `tm,tec->ecm` / `ecm,tec->tm`) or `gather`
-(slot -> token index table, row gather in, row gather out). Experts are stacked parameters
+result: `gather` (default; the slots already give the sorted-by-expert order, so a slot -> token
+index table replaces argsort: row gather in, batched expert matmuls, row gather out) or `einsum`
+(GShard one-hot masks `[T, E, capacity]`, `tm,tec->ecm` / `ecm,tec->tm`, whose cost grows with
+`T²` at a fixed capacity factor). Experts are stacked parameters
 `w1 [E, embed_dim, latent]`, `w2 [E, latent, embed_dim]` (`w3` like `w1` for SwiGLU; `b1/b2/b3`
 when `use_bias`) applied with batched einsums.
 """
@@ -150,7 +154,7 @@ class MoE(nn.Module):
                 b = "b" + n[1:]
                 params[b] = self.param(b, nn.initializers.zeros, (num_experts, s[1]), jnp.float32)
 
-        if cfg.moe_dispatch(tokens.shape[0]) == "einsum":
+        if cfg.dispatch == "einsum":
             expert_in, combine = dispatch_einsum(tokens, routing, num_experts, capacity)
             y = combine_einsum(expert_ffn(expert_in, params, cfg), combine)
         else:

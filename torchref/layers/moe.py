@@ -150,7 +150,7 @@ class MoE(nn.Module):
         logits = F.linear(tokens.float(), self.gate.weight.float())
         routing, aux = route(logits, cfg, capacity)
         params = {name: p for name, p in self.named_parameters(recurse=False) if name[0] in "wb"}
-        if cfg.moe_dispatch(tokens.shape[0]) == "einsum":
+        if cfg.dispatch == "einsum":
             expert_in, combine = dispatch_einsum(tokens, routing, num_experts, capacity)
             y = combine_einsum(expert_ffn(expert_in, params, cfg), combine)
         else:
