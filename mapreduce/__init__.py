@@ -4,7 +4,7 @@ pool or a Dask cluster, and every run writes a JSON report. See README "MapReduc
 from mapreduce.engine import JobFailedError, JobResult, run_job
 from mapreduce.executors import DaskExecutor, ProcessExecutor, SequentialExecutor, make_executor
 from mapreduce.job import FaultPlan, InMapperCombiner, Job, JobConfig
-from mapreduce.tokenize import tokenize
+from mapreduce.tokenizer import tokenize
 from mapreduce.word_stats import JOBS, get_job, get_words_stats_in_file
 
 __all__ = [

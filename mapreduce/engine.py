@@ -241,16 +241,13 @@ def run_job(
         "duplicates_ignored": 0,
     }
     start = time.perf_counter()
-    owned = not isinstance(executor, Executor)
+    running: Executor | None = None  # the caller's executor, cleaned up if the job fails
     try:
         with contextlib.ExitStack() as stack:
-            ex = (
-                make_executor(executor, workers, scheduler)
-                if isinstance(executor, str)
-                else executor
-            )
-            if owned:
-                stack.callback(ex.close)
+            if isinstance(executor, str):
+                ex = stack.enter_context(make_executor(executor, workers, scheduler))
+            else:
+                ex = running = executor
             report.update(engine=ex.name, workers=ex.workers)
             bar = stack.enter_context(
                 tqdm(
@@ -305,6 +302,8 @@ def run_job(
     except BaseException as exc:
         report["status"] = "failed"
         report["error"] = repr(exc)
+        if running is not None:
+            running.cancel_all()
         raise
     finally:
         with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:

@@ -52,6 +52,11 @@ class Executor(ABC):
     def next_completed(self) -> Outcome: ...
 
     @abstractmethod
+    def cancel_all(self) -> None:
+        """Forget every submitted task that has not been collected (running ones are stopped), so
+        a failed job leaves nothing behind for the next job on this executor."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release workers; tasks still running are abandoned."""
 
@@ -79,8 +84,11 @@ class SequentialExecutor(Executor):
     def submit(self, fn: Callable[[Any], Any], task: Any) -> None:
         self._queue.append((fn, task))
 
-    def close(self) -> None:
+    def cancel_all(self) -> None:
         self._queue.clear()
+
+    def close(self) -> None:
+        self.cancel_all()
 
     def next_completed(self) -> Outcome:
         fn, task = self._queue.popleft()
@@ -145,10 +153,6 @@ class ProcessExecutor(Executor):
         self._done: deque[Outcome] = deque()
         self.replaced = 0
 
-    @property
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self._pool if w.process.pid is not None]
-
     def submit(self, fn: Callable[[Any], Any], task: Any) -> None:
         if not self._pool:
             self._pool = [_PoolWorker(self._ctx) for _ in range(self.workers)]
@@ -199,6 +203,15 @@ class ProcessExecutor(Executor):
                 if worker.conn in ready or worker.process.sentinel in ready:
                     self._collect(worker)
         return self._done.popleft()
+
+    def cancel_all(self) -> None:
+        self._pending.clear()
+        self._done.clear()
+        for worker in list(self._pool):
+            if worker.task is not None:
+                worker.process.kill()
+                worker.task = None
+                self._replace(worker)
 
     def close(self) -> None:
         for worker in self._pool:
@@ -272,10 +285,14 @@ class DaskExecutor(Executor):
         future.release()
         return outcome
 
-    def close(self) -> None:
+    def cancel_all(self) -> None:
         if self._running:
             self.client.cancel([future for future, _ in self._running.values()])
             self._running.clear()
+        self._completed.clear()
+
+    def close(self) -> None:
+        self.cancel_all()
         if self._own_client:
             self.client.close()
         if self._cluster is not None:

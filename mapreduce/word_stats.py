@@ -1,4 +1,4 @@
-"""Word-statistics jobs over text files, all built on `mapreduce.tokenize.tokenize`.
+"""Word-statistics jobs over text files, all built on `mapreduce.tokenizer.tokenize`.
 
 | job                   | map emits per word         | reduce                | result                          |
 |-----------------------|----------------------------|-----------------------|---------------------------------|
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mapreduce.job import InMapperCombiner, Job, JobConfig, Pair, Rows
-from mapreduce.tokenize import BytesWordCounter, tokenize
+from mapreduce.tokenizer import BytesWordCounter, tokenize
 
 SUM_KEY = "sum_of_word_lengths"
 AVERAGE_KEY = "average_word_length"

@@ -13,7 +13,7 @@ from mapreduce.executors import SequentialExecutor, WorkerDied
 from mapreduce.job import FaultPlan, Job, JobConfig
 from mapreduce.partitioning.partitioners import hash_partitioner
 from mapreduce.tasks import MapTask, ReduceTask, run_map_task, run_reduce_task
-from mapreduce.tokenize import tokenize
+from mapreduce.tokenizer import tokenize
 from mapreduce.word_stats import JOBS, get_job, get_words_stats_in_file, sum_values
 
 TEXT = (

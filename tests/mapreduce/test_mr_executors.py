@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mapreduce.engine import run_job
+from mapreduce.engine import JobFailedError, run_job
 from mapreduce.executors import DaskExecutor, ProcessExecutor, SequentialExecutor, make_executor
 from mapreduce.job import FaultPlan, JobConfig
 from mapreduce.word_stats import JOBS, get_job
@@ -137,6 +137,24 @@ def test_dask_survives_sigkill_and_crashes(dask_executor, tmp_path):
     assert attempts.pop(("reduce", 1)) == 2
     assert set(attempts.values()) == {1}
     assert [f["task"] for f in result.report["failures"]] == [1]
+
+
+@pytest.mark.parametrize("fixture", ["pool", "dask_executor"])
+def test_a_failed_job_leaves_the_executor_clean(request, fixture, tmp_path):
+    executor = request.getfixturevalue(fixture)
+    path = write_lines(str(tmp_path), LINES)
+    doomed = replace(CONFIG, max_attempts=1, faults=FaultPlan(crash=frozenset({("map", 0)})))
+    with deadline(60):
+        with pytest.raises(JobFailedError, match="map task 0 failed 1 times"):
+            run_job(
+                get_job("word_count"), [path], tmp_path / "doomed", executor=executor, config=doomed
+            )
+        result = run_job(
+            get_job("word_count"), [path], tmp_path / "next", executor=executor, config=CONFIG
+        )
+    clean = run_job(get_job("word_count"), [path], tmp_path / "clean", config=CONFIG)
+    assert output_bytes(result) == output_bytes(clean)
+    assert all(t["attempts"] == 1 for t in result.report["tasks"])
 
 
 def test_make_executor_names():

@@ -5,7 +5,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mapreduce.tokenize import BytesWordCounter, tokenize
+from mapreduce.tokenizer import BytesWordCounter, tokenize
 
 
 def test_tokenize_casefolds_and_splits_on_non_word_characters():
