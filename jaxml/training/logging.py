@@ -4,6 +4,7 @@ the prediction-vs-target plot of regression runs, and the tqdm progress bar of t
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
+from tensorboardX.proto.event_pb2 import Event
 from tqdm.auto import tqdm
 
 
@@ -62,3 +64,32 @@ def prediction_figure(prediction: np.ndarray, target: np.ndarray, title: str = "
 def progress_bar(total: int, *, initial: int = 0, enabled: bool = True, desc: str = "train") -> Any:
     """A tqdm bar over `total` steps starting at `initial` (`enabled=False` hides it)."""
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True)
+
+
+def read_events(logdir: str | Path) -> dict[str, list[tuple[int, Any]]]:
+    """Every summary written under `logdir`: `tag -> [(step, value), ...]` in write order.
+
+    Scalars give floats, images their encoded PNG bytes, texts their string. Reads the
+    TFRecord event files directly (no tensorboard install needed).
+    """
+    events: dict[str, list[tuple[int, Any]]] = {}
+    for path in sorted(Path(logdir).rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            record = data[offset + 12 : offset + 12 + length]
+            offset += 12 + length + 4
+            event = Event.FromString(record)
+            for value in event.summary.value:
+                kind = value.WhichOneof("value")
+                if kind == "simple_value":
+                    item: Any = value.simple_value
+                elif kind == "image":
+                    item = value.image.encoded_image_string
+                elif kind == "tensor" and value.tensor.string_val:
+                    item = value.tensor.string_val[0].decode()
+                else:
+                    continue
+                events.setdefault(value.tag, []).append((event.step, item))
+    return events

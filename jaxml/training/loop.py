@@ -97,6 +97,8 @@ def fit(
     total_steps = config.epochs * steps_per_epoch
     apply_fn = module_apply(model)
     state, tx, schedule = init_state(model, train, config)
+    runner = ParallelStep(config.parallel, apply_fn, tx, schedule, loss, config.num_devices)
+    runner.check_batch_size(bs)
     position = {"epoch": 0, "batch": 0}
     ckpt = None
     if config.checkpoint_dir is not None:
@@ -112,8 +114,6 @@ def fit(
             state, saved = ckpt.restore(state)
             position = {"epoch": saved["epoch"], "batch": saved["batch"]}
 
-    runner = ParallelStep(config.parallel, apply_fn, tx, schedule, loss, config.num_devices)
-    runner.check_batch_size(bs)
     eval_step = jax.jit(make_eval_step(apply_fn, loss))
     step = int(state.step)
     device_state = runner.device_state(state)
@@ -129,39 +129,44 @@ def fit(
             step, runner.host_state(device_state), {**info, "run": dict(meta or {})}, force=force
         )
 
-    for epoch in range(position["epoch"], config.epochs):
-        start = position["batch"] if epoch == position["epoch"] else 0
-        losses = []
-        for i, batch in enumerate(train.batches(bs, seed=config.seed, epoch=epoch, start=start)):
-            device_state, metrics = runner(device_state, batch)
-            step += 1
-            position = {"epoch": epoch, "batch": start + i + 1}
-            losses.append(metrics["loss"])
-            bar.update()
-            if step % config.log_every == 0:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                now = time.perf_counter()
-                values["samples_per_sec"] = config.log_every * bs / (now - tick)
-                tick = now
-                logger.scalars("train", values, step)
-                bar.set_postfix(loss=f"{values['loss']:.4g}")
-            if ckpt is not None and step % config.save_every == 0:
-                save(force=False)
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            val_metrics = evaluate(eval_step, runner.host_state(device_state).params, val)
-            logger.scalars("val", val_metrics, step)
-            row = {"epoch": epoch + 1, "step": step, "val_loss": val_metrics["loss"]}
-            if losses:
-                row["train_loss"] = float(np.mean(jax.device_get(losses)))
-            history.append(row)
-            bar.set_postfix(
-                loss=f"{row.get('train_loss', float('nan')):.4g}", val=f"{row['val_loss']:.4g}"
-            )
-    bar.close()
+    try:
+        for epoch in range(position["epoch"], config.epochs):
+            start = position["batch"] if epoch == position["epoch"] else 0
+            losses = []
+            for i, batch in enumerate(
+                train.batches(bs, seed=config.seed, epoch=epoch, start=start)
+            ):
+                device_state, metrics = runner(device_state, batch)
+                step += 1
+                position = {"epoch": epoch, "batch": start + i + 1}
+                losses.append(metrics["loss"])
+                bar.update()
+                if step % config.log_every == 0:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    values["samples_per_sec"] = config.log_every * bs / (now - tick)
+                    tick = now
+                    logger.scalars("train", values, step)
+                    bar.set_postfix(loss=f"{values['loss']:.4g}")
+                if ckpt is not None and step % config.save_every == 0:
+                    save(force=False)
+            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                val_metrics = evaluate(eval_step, runner.host_state(device_state).params, val)
+                logger.scalars("val", val_metrics, step)
+                row = {"epoch": epoch + 1, "step": step, "val_loss": val_metrics["loss"]}
+                if losses:
+                    row["train_loss"] = float(np.mean(jax.device_get(losses)))
+                history.append(row)
+                bar.set_postfix(
+                    loss=f"{row.get('train_loss', float('nan')):.4g}", val=f"{row['val_loss']:.4g}"
+                )
+        if ckpt is not None:
+            save(force=True)
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.close()
     final = runner.host_state(device_state)
-    if ckpt is not None:
-        save(force=True)
-        ckpt.close()
     return FitResult(
         state=final,
         history=history,

@@ -46,9 +46,14 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
     return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
 
 
-def stack_for_pmap(tree: Any, num_devices: int) -> Any:
-    """One copy per device: every leaf `x` -> `[num_devices, *x.shape]`."""
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_devices, *np.shape(x))), tree)
+def stack_for_pmap(tree: Any, devices: list[jax.Device]) -> Any:
+    """One copy per device: every leaf `x` -> `[len(devices), *x.shape]`, row `i` on device `i`
+    (the layout pmap returns, so feeding its outputs back does not recompile)."""
+    n = len(devices)
+    sharding = NamedSharding(Mesh(np.array(devices), (DATA_AXIS,)), PartitionSpec(DATA_AXIS))
+    return jax.device_put(
+        jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *np.shape(x))), tree), sharding
+    )
 
 
 def split_for_pmap(batch: Batch, num_devices: int) -> Batch:
@@ -120,7 +125,7 @@ class ParallelStep:
         if self.mode == "mesh":
             return replicate(state, self.mesh)
         if self.mode == "pmap":
-            return stack_for_pmap(state, self.num_devices)
+            return stack_for_pmap(state, self.devices)
         return state
 
     def host_state(self, device_state: Any) -> TrainState:

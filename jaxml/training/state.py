@@ -36,8 +36,8 @@ class TrainState:
 
 
 def init_params(model: Any, inputs: tuple[Any, ...], key: Array) -> Any:
-    """`model.init(key, *inputs)["params"]` (Flax linen module, example inputs of any batch)."""
-    return model.init(key, *inputs)["params"]
+    """`model.init(key, *inputs)["params"]`, jitted (Flax linen module, example inputs)."""
+    return jax.jit(model.init)(key, *inputs)["params"]
 
 
 def num_params(params: Any) -> int:
