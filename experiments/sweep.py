@@ -1,0 +1,106 @@
+"""`python -m experiments.sweep`: a small hyperparameter grid over `experiments.regression`,
+printed as a table ranked by validation loss.
+
+    python -m experiments.sweep [--lr 1e-3,1e-2] [--optimizer adam,sgd,rmsprop]
+        [--latent_dims "64,32;128,64,32"] [--custom_act relu,tanh] [regression flags ...]
+
+Grid values are comma-separated (`;` between `--latent_dims` entries); any other flag goes to
+every run unchanged (default base run: `--type nlinear --epochs 30`). Each run logs to
+`<sweep dir>/<run name>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments import regression
+
+GRID_FLAGS = {"lr": ",", "optimizer": ",", "latent_dims": ";", "custom_act": ","}
+BASE = ["--type", "nlinear", "--epochs", "30"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.sweep", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--lr", default="1e-3,1e-2")
+    parser.add_argument("--optimizer", default="adam,sgd,rmsprop")
+    parser.add_argument("--latent_dims", default=None, help='e.g. "64,32;128,64,32"')
+    parser.add_argument("--custom_act", default=None, help="e.g. relu,tanh")
+    parser.add_argument("--sweep_dir", default=None, help="default: runs/sweep/<time>")
+    return parser
+
+
+def grid(args: argparse.Namespace) -> list[dict[str, str]]:
+    """Every combination of the given grid values, in order."""
+    axes = {
+        name: [v.strip() for v in getattr(args, name).split(sep) if v.strip()]
+        for name, sep in GRID_FLAGS.items()
+        if getattr(args, name) is not None
+    }
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run the grid; returns one row per run, best (lowest validation loss) first."""
+    args, extra = build_parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    base = extra if any(a.startswith("--type") for a in extra) else [*BASE, *extra]
+    sweep_dir = Path(args.sweep_dir or Path("runs") / "sweep" / time.strftime("%Y%m%d-%H%M%S"))
+    rows = []
+    points = grid(args)
+    for i, point in enumerate(points):
+        name = "-".join(f"{k}={v}" for k, v in point.items()).replace(",", "_")
+        flags = [x for k, v in point.items() for x in (f"--{k}", v)]
+        print(f"[{i + 1}/{len(points)}] {' '.join(flags)}", flush=True)
+        result = regression.run([*base, *flags, "--no_progress", "--logdir", str(sweep_dir / name)])
+        rows.append(
+            {
+                **point,
+                "train_loss": result["train_loss"],
+                "val_loss": result["val_loss"],
+                "seconds": result["seconds"],
+            }
+        )
+    rows.sort(key=lambda r: r["val_loss"])
+    print(format_table(rows))
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table: rank, the grid values, losses and run time."""
+    columns = ["rank", *[k for k in rows[0] if k not in ("train_loss", "val_loss", "seconds")]]
+    columns += ["train_loss", "val_loss", "seconds"]
+    cells = [
+        [
+            str(i + 1),
+            *[
+                f"{row[c]:.5f}"
+                if "loss" in c
+                else f"{row[c]:.1f}"
+                if c == "seconds"
+                else str(row[c])
+                for c in columns[1:]
+            ],
+        ]
+        for i, row in enumerate(rows)
+    ]
+    widths = [max(len(c), *(len(r[j]) for r in cells)) for j, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
