@@ -69,15 +69,14 @@ def load(args: argparse.Namespace) -> tuple[ArrayDataset, ArrayDataset, list[str
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse `argv`, train (or restore) the CNN, print the test accuracy; returns the results."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     check_args(args)
     if args.restore is not None:
         saved = saved_run(args.restore)
         for name in RUN_FLAGS:
             setattr(args, name, saved.get(name, getattr(args, name)))
-        if "--epochs" not in argv:
-            args.epochs = saved.get("epochs", args.epochs)
+        if args.epochs is None:
+            args.epochs = saved.get("epochs")
     dataset = "digits" if args.data is None else "cifar10"
     epochs, lr, batch, channels, hidden = DEFAULTS[dataset]
     args.epochs = args.epochs or epochs

@@ -217,7 +217,7 @@ def restore(
         from torchref.training.state import TrainState as TorchState
 
         torch.manual_seed(config.seed)
-        state = TorchState.create(build_model("torch").to(device), config.optimizer, config.seed)
+        state = TorchState.create(build_model("torch").to(device), config.optimizer)
         TorchCheckpointer(directory).restore(state)
         return Trained("torch", state.model, None, None, device)
     from jaxml.training.checkpoint import Checkpointer

@@ -209,25 +209,23 @@ def generation_error(trained: Trained, args: argparse.Namespace, mode: str) -> f
     return float(np.mean((pred - truth) ** 2))
 
 
-def apply_saved_run(args: argparse.Namespace, argv: Sequence[str]) -> None:
+def apply_saved_run(args: argparse.Namespace) -> None:
     """With `--restore DIR`: the model/data/optimizer settings come from the checkpoint;
-    flags given on this command line for the run length (`--epochs`) still apply."""
+    `--epochs` given on this command line still sets the run length."""
     saved = saved_run(args.restore)
     for name in RUN_FLAGS:
         if name in saved:
             setattr(args, name, saved[name])
-    if "--epochs" not in argv:
-        args.epochs = saved.get("epochs", args.epochs)
+    if args.epochs is None:
+        args.epochs = saved.get("epochs")
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse `argv`, train (or restore and predict) and print the results; returns them."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     check_args(args)
     if args.restore is not None:
-        apply_saved_run(args, argv)
+        apply_saved_run(args)
     mode = mode_of(args)
     fill_defaults(args, mode)
     train_data, val_data = make_data(args, mode)

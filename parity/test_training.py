@@ -65,7 +65,7 @@ def run_both(
     tx = make_optimizer(opt)
     state = TrainState.create(params, tx, jax.random.key(1))
     step = jax.jit(make_train_step(module_apply(jax_model), tx, make_schedule(opt)))
-    tstate = TorchState.create(torch_model.to(device), opt, seed=1)
+    tstate = TorchState.create(torch_model.to(device), opt)
     batches = [b for epoch in range(4) for b in data.batches(BATCH, seed=0, epoch=epoch)]
     assert len(batches) >= STEPS
     max_err = {"loss": 0.0, "lr": 0.0}

@@ -83,7 +83,7 @@ def fit(
     bs = config.batch_size
     steps_per_epoch = train.steps_per_epoch(bs)
     total_steps = config.epochs * steps_per_epoch
-    state = TrainState.create(model.to(device), config.optimizer, config.seed)
+    state = TrainState.create(model.to(device), config.optimizer)
     position = {"epoch": 0, "batch": 0}
     ckpt = None
     if config.checkpoint_dir is not None:

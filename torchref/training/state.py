@@ -1,4 +1,8 @@
-"""`TrainState`, PyTorch twin: the module, optimizer, scheduler, step count and the run's PRNG."""
+"""`TrainState`, PyTorch twin: the module, optimizer, scheduler and step count.
+
+torch layers draw from the global generator, so its state stands for jaxml's `rng` in
+checkpoints: `state_dict` records it and `load_state_dict` puts it back.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,11 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler | None
     step: int
-    generator: torch.Generator
 
     @classmethod
-    def create(cls, model: torch.nn.Module, config: OptimizerConfig, seed: int) -> TrainState:
+    def create(cls, model: torch.nn.Module, config: OptimizerConfig) -> TrainState:
         optimizer = make_optimizer(model.parameters(), config)
-        generator = torch.Generator().manual_seed(seed)
-        return cls(model, optimizer, make_scheduler(optimizer, config), 0, generator)
+        return cls(model, optimizer, make_scheduler(optimizer, config), 0)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -32,7 +34,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "step": self.step,
-            "rng": self.generator.get_state(),
+            "rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -41,7 +43,7 @@ class TrainState:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        self.generator.set_state(state["rng"])
+        torch.set_rng_state(state["rng"])
 
 
 def num_params(model: torch.nn.Module) -> int:
