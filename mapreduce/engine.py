@@ -239,6 +239,7 @@ def run_job(
         "config": config_row,
         "failures": [],
         "duplicates_ignored": 0,
+        "work_dir": work if keep_work else None,
     }
     start = time.perf_counter()
     running: Executor | None = None  # the caller's executor, cleaned up if the job fails

@@ -18,10 +18,16 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
         return str(value)
 
     cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    numeric = [all(isinstance(r.get(c), int | float) for r in rows) for c in columns]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
+    for row in cells:
+        padded = (
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(row, widths, numeric, strict=True)
+        )
+        lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
 
 
@@ -57,7 +63,7 @@ def summary(report: dict[str, Any]) -> str:
     rec = report["reconciliation"]
     lines = [
         f"{report['job']}: {report['status']} in {report['wall_seconds']:.2f}s on {report['engine']} "
-        f"({report['workers']} workers), {report['splits']} map tasks, {report['num_partitions']} reduce partitions",
+        f"(workers={report['workers']}), {report['splits']} map tasks, {report['num_partitions']} reduce partitions",
         f"records in {rec['records_in']:,} = processed {rec['records_processed']:,} + skipped "
         f"{rec['records_skipped']:,} ({'ok' if rec['ok'] else 'MISMATCH'}); bytes in {m['bytes_in']:,}; "
         f"shuffle {report['counters']['shuffle']['bytes']:,} bytes",

@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(result.report))
     if args.shuffle_report:
         print(shuffle_report(result.report))
+    if args.show:
+        print(f"first {args.show} result rows (partition order, keys sorted within a partition):")
     for key, value in itertools.islice(result.records(), args.show):
         print(f"{key}\t{value}")
     print(

@@ -8,9 +8,10 @@ cheap combiner and a viral author's whole history lands on one reduce task: the 
 Strategies (same input, same R, same result):
 - `hash`, `range`, `user_tier`: one job, different partitioners (a single hot key cannot be split
   by any partitioner, only moved);
-- `salted`: stage one keys hot authors by `(author, stable_hash(engager) % salts)`, so each
-  engager falls in exactly one salt and partial reaches add up; stage two strips the salt and
-  adds the partial (engagement, reach) pairs.
+- `salted`: stage one keys hot authors by `(author, stable_hash(event_id) % salts)`, spreading
+  their records evenly, and reduces each salted key to its engagement sum and its sorted distinct
+  engagers; stage two strips the salt, adds the sums and unions the engager lists (work
+  proportional to distinct engagers, not to records).
 
 `python -m mapreduce.partitioning.challenge_01_user_influence FILE.jsonl [--engine processes]
 [--workers 2] [--partitions 8] [--chart docs/mapreduce_skew.png] [--report report.json]`
@@ -22,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,26 +69,27 @@ def influence_reduce(author: Any, values: list[tuple[int, str]]) -> dict[str, An
 
 @dataclass(frozen=True)
 class SaltedInfluenceMap:
-    """Stage-one map: hot authors are split by a salt drawn from the engaging user."""
+    """Stage-one map: hot authors are split by a salt drawn from the event id."""
 
     salter: KeySalter
 
     def __call__(self, record: dict[str, Any]) -> list[Pair]:
-        key = self.salter(record["author_id"], record["user_id"])
+        key = self.salter(record["author_id"], record["event_id"])
         return [(key, (WEIGHTS[record["engagement"]], record["user_id"]))]
 
 
-def partial_reduce(salted_author: Any, values: list[tuple[int, str]]) -> list[int]:
-    return [sum(v[0] for v in values), len({v[1] for v in values})]
+def partial_reduce(salted_author: Any, values: list[tuple[int, str]]) -> list[Any]:
+    """`[engagement sum, sorted distinct engagers]` of one salted author."""
+    return [sum(v[0] for v in values), sorted({v[1] for v in values})]
 
 
 def unsalt_map(record: dict[str, Any]) -> list[Pair]:
-    """Stage-two map over stage one's JSON output `{"key": [author, salt], "value": [e, r]}`."""
+    """Stage-two map over stage one's JSON output `{"key": [author, salt], "value": [e, users]}`."""
     return [(record["key"][0], record["value"])]
 
 
-def total_reduce(author: Any, values: list[list[int]]) -> dict[str, Any]:
-    return influence(sum(v[0] for v in values), sum(v[1] for v in values))
+def total_reduce(author: Any, values: list[list[Any]]) -> dict[str, Any]:
+    return influence(sum(v[0] for v in values), len({u for v in values for u in v[1]}))
 
 
 INFLUENCE_JOB = Job("user_influence", influence_map, influence_reduce, input_format="jsonl")
@@ -133,7 +134,7 @@ def run_challenge(
     """Run the influence job under every strategy; returns the comparison rows, the per-partition
     loads of each strategy and whether all strategies gave the same influence for every author."""
     paths = expand_inputs(inputs)
-    output_dir = output_dir or tempfile.mkdtemp(prefix="mapreduce-influence-")
+    output_dir = output_dir or os.path.join("runs", "mapreduce", "user_influence")
     sample = sample_authors(paths, sample_per_split, seed)
     sample_counts: Counter[Any] = Counter()
     for key, weight in sample:
@@ -228,7 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--salts", type=int, help="salts per hot key (default: partitions)")
-    parser.add_argument("--output", help="where each strategy's output goes (default: a temp dir)")
+    parser.add_argument(
+        "--output", help="where each strategy's output goes (default runs/mapreduce/user_influence)"
+    )
     parser.add_argument("--chart", help="write a bar chart of the reduce loads (PNG)")
     parser.add_argument("--report", help="write the comparison as JSON")
     args = parser.parse_args(argv)

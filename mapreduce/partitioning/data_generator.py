@@ -232,7 +232,7 @@ def skew_summary(
             regions[record["region"]] += 1
     total = sum(regions.values())
     summary = {
-        "records": float(total),
+        "records": total,
         "top_1pct_users_share": top_share(users.values(), 0.01, num_users),
         "top_0.5pct_posts_share": top_share(posts.values(), 0.005, num_posts),
     }

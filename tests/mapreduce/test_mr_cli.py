@@ -33,7 +33,7 @@ def test_run_word_count_on_the_readme_with_8_workers(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "succeeded" in out.stdout and "on processes (8 workers)" in out.stdout
+    assert "succeeded" in out.stdout and "on processes (workers=8)" in out.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["reconciliation"]["ok"] and report["counters"]["map"]["records_in"] > 0
     assert sorted(os.listdir(tmp_path)) == [
@@ -135,6 +135,8 @@ def test_generate_analyze_and_challenge_clis(tmp_path, capsys):
             str(tmp_path / "c.png"),
             "--report",
             str(tmp_path / "c.json"),
+            "--output",
+            str(tmp_path / "influence"),
         ]
     )
     printed = capsys.readouterr().out

@@ -102,7 +102,11 @@ def test_reduce_sees_keys_sorted_within_each_partition(text_file, tmp_path):
     SEEN_KEYS.clear()
     job = Job("recording", get_job("word_count").map, recording_reduce, sum_values)
     config = JobConfig(num_partitions=2, split_bytes=70, spill_records=3)
-    result = run_job(job, [text_file], tmp_path / "out", config=config)
+    result = run_job(
+        job, [text_file], tmp_path / "out", config=config, work_dir=str(tmp_path), keep_work=True
+    )
+    kept = sorted(os.listdir(result.report["work_dir"]))
+    assert kept == ["attempts"] + [f"map-{i:05d}" for i in range(result.report["splits"])]
     assert result.report["splits"] > 2
     assert (
         max(t["spills"] for t in result.report["tasks"] if t["phase"] == "map") >= 2
