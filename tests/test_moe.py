@@ -262,3 +262,16 @@ def test_mixtral_conversion_rejects_what_it_cannot_hold() -> None:
         )
     with pytest.raises(ValueError, match="no model.layers.0.block_sparse_moe.gate.weight"):
         moe_from_mixtral(tensors, prefix="model.layers.0.")
+
+
+# --------------------------------------------------------------------------- experiments
+def test_routing_run_reports_the_layer_statistics() -> None:
+    from experiments.bench_moe import routing_run
+
+    rows = routing_run(alpha=0.1, steps=2, log_every=1)
+    assert [row["step"] for row in rows] == [0, 1, 2]
+    for row in rows:
+        load = [int(n) for n in row["tokens_per_expert"].split()]
+        assert len(load) == 8 and max(load) <= 128  # capacity = 2 · 512 / 8
+        assert row["dropped"] == pytest.approx(1 - sum(load) / 1024)
+        assert np.isfinite(row["task_loss"]) and row["balance_loss"] > 0
