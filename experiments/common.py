@@ -51,6 +51,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--parallel", choices=PARALLEL_MODES, default="none", help="jax only")
     g.add_argument("--num_devices", type=int, default=None)
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is fastest for these small "
+        "models when other processes share the CPU)",
+    )
     g = parser.add_argument_group("run directory, checkpoints, logging")
     g.add_argument("--logdir", default=None, help="tensorboard run directory")
     g.add_argument("--checkpoint_dir", default=None, help="default: <logdir>/checkpoints")
