@@ -138,9 +138,25 @@ def attention(args: argparse.Namespace) -> list[Row]:
     return [attention_case(*size, kind, args) for size in sizes for kind in ("mha", "mqa", "gqa")]
 
 
+def moe(args: argparse.Namespace) -> list[Row]:
+    """MoE layer vs equal-FLOPs dense FFN, 8/16/64 experts (see `experiments/bench_moe.py`)."""
+    from experiments import bench_moe
+
+    return bench_moe.run_benchmark(quick=args.quick)
+
+
+def mapreduce(args: argparse.Namespace) -> list[Row]:
+    """word_count MB/s on generated Zipf text (see `mapreduce/bench.py`): 200 MB, 20 with --quick."""
+    from mapreduce import bench as mapreduce_bench
+
+    return mapreduce_bench.run_benchmark(size_mb=20.0 if args.quick else 200.0)
+
+
 REGISTRY: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "matmul_peak": matmul_peak,
     "attention": attention,
+    "moe": moe,
+    "mapreduce": mapreduce,
 }
 
 

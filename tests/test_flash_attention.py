@@ -35,7 +35,7 @@ def test_values_and_gradients_match_dense(heads: int, groups: int, block_size: i
     def blockwise(q, k, v):
         return jnp.sum(causal_attention(q, k, v, block_size) * cotangent)
 
-    expected = jax.value_and_grad(dense, argnums=(0, 1, 2))(q, k, v)
+    expected = jax.jit(jax.value_and_grad(dense, argnums=(0, 1, 2)))(q, k, v)
     actual = jax.jit(jax.value_and_grad(blockwise, argnums=(0, 1, 2)))(q, k, v)
     for name, e, a in zip(
         ["loss", "dq", "dk", "dv"],
@@ -48,13 +48,15 @@ def test_values_and_gradients_match_dense(heads: int, groups: int, block_size: i
 
 def test_large_logits_stay_finite() -> None:
     q, k, v = _qkv(2, 2, seed=2)
-    out, grads = jax.value_and_grad(lambda q: jnp.sum(causal_attention(q * 1e3, k, v, 16)))(q)
+    out, grads = jax.jit(
+        jax.value_and_grad(lambda q: jnp.sum(causal_attention(q * 1e3, k, v, 16)))
+    )(q)
     assert np.isfinite(float(out)) and np.all(np.isfinite(np.asarray(grads)))
 
 
 def test_bfloat16_keeps_dtype() -> None:
     q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(4, 2))
-    out = causal_attention(q, k, v, 32)
+    out = jax.jit(causal_attention, static_argnums=3)(q, k, v, 32)
     assert out.dtype == jnp.bfloat16
     reference = dot_product_attention(q, k, v, causal_mask(SEQ)[None])[0]
     np.testing.assert_allclose(
