@@ -116,6 +116,16 @@ def dask_bag_frequencies(path: str, client: Any) -> dict[str, int]:
     return dict(client.compute(bag.str.split().flatten().frequencies()).result())
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc (Linux; 0.0 where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _digest(files: list[str]) -> str:
     h = hashlib.blake2b(digest_size=8)
     for path in files:
@@ -130,10 +140,14 @@ def run_benchmark(
     data_dir: str | None = None,
     repeats: int = 3,
 ) -> list[Row]:
-    """Rows `{name, seconds, mb_per_s, vs_counter, vs_sequential, vs_dask_bag, goal, met, ...}`.
+    """Rows `{name, seconds, mb_per_s, vs_counter, vs_sequential, vs_dask_bag, cpu_s,
+    critical_cpu_s, vs_sequential_cpu, goal, met, ...}`.
 
     The cases run round-robin `repeats` times (so a burst of load from elsewhere hits one round,
-    not one case) and `seconds` is each case's best round."""
+    not one case); `seconds` is each case's best round. `cpu_s` is the CPU time the case used in
+    all its processes, `critical_cpu_s` the largest share of it in one process (the driver or one
+    worker): on a machine shared with other work, `vs_sequential_cpu` (sequential critical CPU /
+    this case's) estimates the speedup the wall clock would show with the cores to itself."""
     workers = workers or [1, 2]
     data_dir = data_dir or os.path.join(tempfile.gettempdir(), "mapreduce_bench")
     path = zipf_file(size_mb, data_dir)
@@ -155,20 +169,35 @@ def run_benchmark(
     with contextlib.ExitStack() as stack:
         pools = {n: stack.enter_context(ProcessExecutor(n)) for n in workers}
         dask_ex = stack.enter_context(DaskExecutor(2))
-        cases: dict[str, Callable[[], Any]] = {
-            "counter_lines": lambda: counter_lines(path),
-            "counter_blocks": lambda: counter_blocks(path),
-            "sequential": engine("sequential", SequentialExecutor()),
-            **{f"processes_{n}": engine(f"processes_{n}", pool) for n, pool in pools.items()},
-            "dask_2": engine("dask_2", dask_ex),
-            "dask_bag_2": lambda: dask_bag_frequencies(path, dask_ex.client),
+
+        def dask_pids() -> list[int]:
+            return list(dask_ex.client.run(os.getpid).values())
+
+        cases: dict[str, tuple[Callable[[], Any], Callable[[], list[int]]]] = {
+            "counter_lines": (lambda: counter_lines(path), list),
+            "counter_blocks": (lambda: counter_blocks(path), list),
+            "sequential": (engine("sequential", SequentialExecutor()), list),
+            **{
+                f"processes_{n}": (engine(f"processes_{n}", pool), pool.worker_pids)
+                for n, pool in pools.items()
+            },
+            "dask_2": (engine("dask_2", dask_ex), dask_pids),
+            "dask_bag_2": (lambda: dask_bag_frequencies(path, dask_ex.client), dask_pids),
         }
         timings = {name: float("inf") for name in cases}
+        cpu = {name: float("inf") for name in cases}
+        critical = {name: float("inf") for name in cases}
         for _ in range(repeats):
-            for name, case in cases.items():
-                start = time.perf_counter()
+            for name, (case, pids) in cases.items():
+                before = {pid: _cpu_seconds(pid) for pid in pids()}
+                cpu_start, start = time.process_time(), time.perf_counter()
                 case()
                 timings[name] = min(timings[name], time.perf_counter() - start)
+                driver = time.process_time() - cpu_start
+                # workers started during the case (a pool's first round) count in full
+                worker = [_cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids()]
+                cpu[name] = min(cpu[name], driver + sum(worker))
+                critical[name] = min(critical[name], max([driver, *worker]))
 
     counter = min(timings["counter_lines"], timings["counter_blocks"])
     goals = {
@@ -185,6 +214,9 @@ def run_benchmark(
             "vs_counter": round(counter / seconds, 3),
             "vs_sequential": round(timings["sequential"] / seconds, 3),
             "vs_dask_bag": round(timings["dask_bag_2"] / seconds, 3),
+            "cpu_s": round(cpu[name], 3),
+            "critical_cpu_s": round(critical[name], 3),
+            "vs_sequential_cpu": round(critical["sequential"] / critical[name], 3),
             "output_digest": digests.get(name, ""),
         }
         if name in goals:
@@ -211,27 +243,17 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each case reports its best")
     parser.add_argument("--out", default="bench_results_mapreduce.json")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     rows = run_benchmark(args.size_mb, args.workers, args.data_dir, args.repeats)
-    print(
-        format_table(
-            rows,
-            [
-                "name",
-                "seconds",
-                "mb_per_s",
-                "vs_counter",
-                "vs_sequential",
-                "vs_dask_bag",
-                "goal",
-                "met",
-            ],
-        )
-    )
+    columns = ["name", "seconds", "mb_per_s", "vs_counter", "vs_sequential", "vs_dask_bag"]
+    columns += ["cpu_s", "critical_cpu_s", "vs_sequential_cpu", "goal", "met"]
+    print(format_table(rows, columns))
     meta = {
         "size_mb": args.size_mb,
         "repeats": args.repeats,
         "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     with open(args.out, "w", encoding="utf-8") as f:

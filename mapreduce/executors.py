@@ -153,6 +153,10 @@ class ProcessExecutor(Executor):
         self._done: deque[Outcome] = deque()
         self.replaced = 0
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (empty before the first submit)."""
+        return [w.process.pid for w in self._pool if w.process.pid is not None]
+
     def submit(self, fn: Callable[[Any], Any], task: Any) -> None:
         if not self._pool:
             self._pool = [_PoolWorker(self._ctx) for _ in range(self.workers)]

@@ -9,7 +9,7 @@ such as `functools.partial` of one), never a lambda or a closure.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,14 +27,15 @@ class InMapperCombiner:
 
     `init() -> acc`, `update(acc, block)` with `block` a run of complete, valid UTF-8 text lines,
     `size(acc)` the number of buffered entries (the task spills when it exceeds the limit), and
-    `emit(acc) -> (pairs, n)`: the combined pairs, equal to applying `combine` to what `map` emits
-    for the same lines, and `n`, the number of pairs `map` itself would have emitted.
+    `emit(acc) -> (pairs, n)`: the combined pairs (a mapping key -> value, or `(key, value)`
+    pairs), equal to applying `combine` to what `map` emits for the same lines, and `n`, the number
+    of pairs `map` itself would have emitted.
     """
 
     init: Callable[[], Any]
     update: Callable[[Any, bytes], None]
     size: Callable[[Any], int]
-    emit: Callable[[Any], tuple[Iterable[Pair], int]]
+    emit: Callable[[Any], tuple[Mapping[Any, Any] | Iterable[Pair], int]]
 
 
 @dataclass(frozen=True)

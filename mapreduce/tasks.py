@@ -27,9 +27,9 @@ import signal
 import socket
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import compress, groupby
 from operator import itemgetter
 from typing import Any
 
@@ -38,7 +38,7 @@ from mapreduce.output import suffix, write_rows
 from mapreduce.partitioning.partitioners import hash_partitioner
 from mapreduce.splits import Split, count_lines, lines_with_offsets, read_blocks
 
-RUN_CHUNK = 65536  # pairs per pickle frame in a run file, so runs can be streamed back
+RUN_CHUNK = 65536  # pairs per pickle frame (a keys list, a values list), so runs stream back
 _FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
 
@@ -140,22 +140,30 @@ class _Spiller:
             raise ValueError(f"partitioner returned {bad!r}; must be in [0, {num_partitions})")
         return parts
 
-    def write(self, pairs: Iterable[Pair]) -> None:
-        ordered = sorted(pairs, key=_FIRST)  # stable: equal keys keep their emission order
-        parts: list[list[Pair]] = [[] for _ in range(self.num_partitions)]
-        appends = [part.append for part in parts]
-        for r, pair in zip(self._partitions([p[0] for p in ordered]), ordered, strict=True):
-            appends[r](pair)
-        for r, part in enumerate(parts):
-            if not part:
+    def write(self, pairs: Mapping[Any, Any] | list[Pair]) -> None:
+        """Spill combined pairs (a mapping: one value per key) or raw pairs (keys may repeat)."""
+        if isinstance(pairs, Mapping):
+            keys = sorted(pairs)
+            values = list(map(pairs.__getitem__, keys))
+        else:
+            pairs.sort(key=_FIRST)  # stable: equal keys keep their emission order
+            keys = list(map(_FIRST, pairs))
+            values = list(map(_SECOND, pairs))
+        parts = self._partitions(keys)
+        for r in range(self.num_partitions):
+            mask = list(map(r.__eq__, parts))
+            part_keys = list(compress(keys, mask))
+            if not part_keys:
                 continue
+            part_values = list(compress(values, mask))
             name = f"part-{r:05d}-run-{self.spills:04d}.pkl"
             with open(os.path.join(self.scratch, name), "wb") as f:
-                for i in range(0, len(part), RUN_CHUNK):
-                    pickle.dump(part[i : i + RUN_CHUNK], f, protocol=pickle.HIGHEST_PROTOCOL)
+                for i in range(0, len(part_keys), RUN_CHUNK):
+                    chunk = (part_keys[i : i + RUN_CHUNK], part_values[i : i + RUN_CHUNK])
+                    pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
                 self.bytes[r] += f.tell()
             self.runs[r].append(name)
-            self.records[r] += len(part)
+            self.records[r] += len(part_keys)
         self.spills += 1
 
 
@@ -276,16 +284,15 @@ class _MapState:
         assert self.fast is not None
         pairs, emitted = self.fast.emit(self.acc)
         self.counters["map_output_records"] += emitted
-        self.spiller.write(pairs)
+        self.spiller.write(pairs if isinstance(pairs, Mapping) else list(pairs))
         self.acc = self.fast.init()
 
     def _spill_buffer(self) -> None:
         combine = self.combine
         if combine is not None:
-            pairs: Iterable[Pair] = [(k, combine(k, vs)) for k, vs in self.buffer.items()]
+            self.spiller.write({k: combine(k, vs) for k, vs in self.buffer.items()})
         else:
-            pairs = [(k, v) for k, vs in self.buffer.items() for v in vs]
-        self.spiller.write(pairs)
+            self.spiller.write([(k, v) for k, vs in self.buffer.items() for v in vs])
         self.buffer = {}
         self.buffered = 0
 
@@ -346,10 +353,10 @@ def _read_run(path: str) -> Iterator[Pair]:
     with open(path, "rb") as f:
         while True:
             try:
-                chunk = pickle.load(f)
+                keys, values = pickle.load(f)
             except EOFError:
                 return
-            yield from chunk
+            yield from zip(keys, values, strict=True)
 
 
 def _sorted_pairs(runs: tuple[str, ...], memory_bytes: int) -> Iterable[Pair]:

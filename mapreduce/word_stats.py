@@ -52,9 +52,9 @@ def word_count_map(line: str) -> list[Pair]:
     return [(word, 1) for word in tokenize(line)]
 
 
-def word_count_emit(counter: BytesWordCounter) -> tuple[Iterable[Pair], int]:
+def word_count_emit(counter: BytesWordCounter) -> tuple[dict[str, int], int]:
     words = counter.words()
-    return words.items(), sum(words.values())
+    return words, sum(words.values())
 
 
 # ---------------------------------------------------------------------------- sum_of_word_lengths
@@ -117,7 +117,7 @@ def merge_frequencies(partitions: Sequence[Rows]) -> Rows:
 
 
 # ---------------------------------------------------------------------------- registry
-def _fast(emit: Callable[[BytesWordCounter], tuple[Iterable[Pair], int]]) -> InMapperCombiner:
+def _fast(emit: Callable[[BytesWordCounter], tuple[Any, int]]) -> InMapperCombiner:
     return InMapperCombiner(new_counter, add_block, counter_size, emit)
 
 
