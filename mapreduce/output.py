@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from mapreduce.job import Pair
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_SPECIAL = re.compile(r"[\\\t\n\r]")
 _UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 
 
@@ -32,25 +30,23 @@ def format_row(key: Any, value: Any, output_format: str) -> str:
     return f"{key_text}\t{_json(value)}\n"
 
 
-def _plain(key: Any, value: Any) -> bool:
-    return type(key) is str and type(value) is int and _SPECIAL.search(key) is None
-
-
 def write_rows(f: TextIO, rows: Iterable[Pair], output_format: str) -> int:
-    """Write rows; returns how many. (TSV rows of a plain str key and an int take a fast path.)"""
-    n = 0
-    lines: list[str] = []
-    for key, value in rows:
-        if output_format == "tsv" and _plain(key, value):
-            lines.append(f"{key}\t{value}\n")
-        else:
-            lines.append(format_row(key, value, output_format))
-        n += 1
-        if len(lines) >= 65536:
-            f.write("".join(lines))
-            lines.clear()
-    f.write("".join(lines))
-    return n
+    """Write rows; returns how many."""
+    rows = list(rows)
+    if output_format == "tsv" and all(type(k) is str and type(v) is int for k, v in rows):
+        text = "".join([f"{k}\t{v}\n" for k, v in rows])  # str keys with int counts: one join
+        n = len(rows)  # valid unless some key holds a character that needs escaping
+        if (
+            text.count("\t") == n
+            and text.count("\n") == n
+            and "\\" not in text
+            and "\r" not in text
+        ):
+            f.write(text)
+            return n
+    for i in range(0, len(rows), 65536):
+        f.write("".join([format_row(k, v, output_format) for k, v in rows[i : i + 65536]]))
+    return len(rows)
 
 
 def _unescape(text: str) -> str:

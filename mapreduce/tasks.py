@@ -349,14 +349,20 @@ def run_map_task(task: MapTask) -> TaskOutput:
     )
 
 
-def _read_run(path: str) -> Iterator[Pair]:
+def _run_chunks(path: str) -> Iterator[Iterator[Pair]]:
+    """The pickled `(keys, values)` frames of a run file, each as an iterator of pairs."""
     with open(path, "rb") as f:
         while True:
             try:
                 keys, values = pickle.load(f)
             except EOFError:
                 return
-            yield from zip(keys, values, strict=True)
+            yield zip(keys, values, strict=True)
+
+
+def _read_run(path: str) -> Iterator[Pair]:
+    for chunk in _run_chunks(path):
+        yield from chunk
 
 
 def _sorted_pairs(runs: tuple[str, ...], memory_bytes: int) -> Iterable[Pair]:
@@ -364,7 +370,8 @@ def _sorted_pairs(runs: tuple[str, ...], memory_bytes: int) -> Iterable[Pair]:
     if sum(os.path.getsize(r) for r in runs) <= memory_bytes:
         pairs: list[Pair] = []
         for run in runs:
-            pairs.extend(_read_run(run))
+            for chunk in _run_chunks(run):
+                pairs.extend(chunk)
         pairs.sort(key=_FIRST)  # stable sort: same order as the streaming merge below
         return pairs
     return heapq.merge(*(_read_run(r) for r in runs), key=_FIRST)

@@ -325,3 +325,22 @@ def test_job_validation():
         Job("x", flaky_map, sum_values, input_format="parquet")
     with pytest.raises(ValueError, match="unknown job"):
         get_job("median")
+
+
+@pytest.mark.parametrize("output_format", ["tsv", "json"])
+def test_output_rows_round_trip_including_characters_that_need_escaping(tmp_path, output_format):
+    from mapreduce.output import read_rows, suffix, write_rows
+
+    rows = [
+        ("plain", 1),
+        ("tab\there", 2),
+        ("new\nline", 3),
+        ("back\\slash", 4),
+        ("cr\r", 5),
+        ("x", 2.5),
+    ]
+    for chunk in (rows[:1], rows):  # the all-plain fast path and the escaping path
+        path = tmp_path / f"rows{len(chunk)}{suffix(output_format)}"
+        with open(path, "w", encoding="utf-8") as f:
+            assert write_rows(f, iter(chunk), output_format) == len(chunk)
+        assert list(read_rows(path)) == chunk
