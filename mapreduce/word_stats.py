@@ -1,15 +1,16 @@
 """Word-statistics jobs over text files, all built on `mapreduce.tokenizer.tokenize`.
 
-| job                   | map emits per word         | reduce                | result                          |
-|-----------------------|----------------------------|-----------------------|---------------------------------|
-| `word_count`          | `(word, 1)`                | sum                   | `word -> count`                 |
-| `sum_of_word_lengths` | `("sum_of_word_lengths", len)` | sum               | one row: total characters       |
-| `average_word_length` | `("average_word_length", (len, 1))` | sum / count | one row: mean word length       |
-| `topk`                | `(word, 1)`                | sum, then a top-k heap per partition, merged | `k` rows, most frequent first |
-| `freq_count`          | `(word, 1)`                | sum, then count words per count, merged      | `count -> number of words` |
+- `word_count`: map emits `(word, 1)`, reduce sums -> `word -> count`.
+- `sum_of_word_lengths`: map emits `("sum_of_word_lengths", len(word))`, reduce sums -> one row.
+- `average_word_length`: map emits `("average_word_length", (len(word), 1))`, the combiner adds
+  both parts, reduce divides -> one row, the mean word length.
+- `topk`: word counts, then a top-k heap per reduce partition, merged -> `k` rows, most frequent
+  first (ties by word).
+- `freq_count`: word counts, then per partition how many words have each count, merged ->
+  `count -> number of words` (frequency of frequencies).
 
 Every job also has an in-mapper combiner (`BytesWordCounter`) that counts whole blocks of raw
-bytes at C speed and gives exactly the pairs the combiner would.
+bytes at C speed and gives exactly the pairs that map + combine would.
 """
 
 from __future__ import annotations
