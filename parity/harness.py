@@ -114,12 +114,14 @@ def check_parity(
     ]
     j_params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jdtype), params)
 
+    # Reductions for the gradient run in float64 for float64 checks, else float32 (bf16 included).
+    acc = np.float64 if dtype == "float64" else np.float32
     out = jax_fn(j_params, *j_inputs)
-    cotangent = np.random.default_rng(seed).standard_normal(out.shape).astype(np.float32)
+    cotangent = np.random.default_rng(seed).standard_normal(out.shape).astype(acc)
     argnums = tuple(i + 1 for i, d in enumerate(differentiable) if d)
 
     def loss(p: Any, *xs: Any) -> Any:
-        return jnp.sum(jax_fn(p, *xs).astype(jnp.float32) * cotangent)
+        return jnp.sum(jax_fn(p, *xs).astype(acc) * cotangent)
 
     grads = jax.grad(loss, argnums=(0, *argnums))(j_params, *j_inputs)
 
@@ -132,7 +134,9 @@ def check_parity(
         for x, d in zip(inputs, differentiable, strict=True)
     ]
     t_out = torch_fn(torch_module, *t_inputs)
-    (t_out.float() * torch.from_numpy(cotangent).to(device)).sum().backward()
+    (
+        t_out.to(TORCH_DTYPES[np.dtype(acc).name]) * torch.from_numpy(cotangent).to(device)
+    ).sum().backward()
 
     errors = {"out": _err(out, t_out)}
     assert_close("output", out, t_out, tol)
@@ -143,7 +147,7 @@ def check_parity(
         errors[f"grad_input{i}"] = _err(grads[k + 1], grad_t)
     torch_grads = {name: p.grad for name, p in torch_module.named_parameters()}
     for key, g in to_state_dict(
-        jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), grads[0])
+        jax.tree_util.tree_map(lambda x: np.asarray(x, acc), grads[0])
     ).items():
         grad_t = torch_grads.get(key)
         assert grad_t is not None, f"torch parameter {key!r} has no gradient"

@@ -90,6 +90,26 @@ def test_long_causal_self_attention_blockwise_path(attention_type: str, device: 
     )
 
 
+@pytest.mark.parametrize("variant,seq", [("gqa-causal-rope", 64), ("mqa-rope-nobias", SEQ)])
+def test_float64_self_attention(variant: str, seq: int, device: str) -> None:
+    """float64 on both sides (skipped on MPS, which has no float64): agreement to 1e-12.
+
+    64 causal positions take jaxml's blockwise path; the other case the dense one.
+    """
+    cfg = AttentionConfig(EMBED, HEADS, **VARIANTS[variant])
+    x = np.random.default_rng(6).standard_normal((BATCH, seq, EMBED))
+    with jax.enable_x64(True):
+        check_parity(
+            lambda p, x: Attention(cfg).apply({"params": p}, x).out,
+            _init(cfg, x.astype(np.float32)),
+            TorchAttention(cfg),
+            lambda m, x: m(x).out,
+            [x],
+            device=device,
+            dtype="float64",
+        )
+
+
 def test_bfloat16_self_attention(device: str) -> None:
     """bf16 on both sides with the table's looser bf16 tolerance (8-bit mantissa)."""
     cfg = AttentionConfig(EMBED, HEADS, attention_type="gqa", apply_causal_mask=True, use_rope=True)

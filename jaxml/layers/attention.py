@@ -13,14 +13,13 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from jaxml.config import AttentionConfig
 from jaxml.layers import flash_attention
 from jaxml.layers.kv_cache import KVCache, append_kv
 from jaxml.layers.positions import apply_rope
-
-MASKED = float(jnp.finfo(jnp.float32).min)  # logit of a masked key; a fully masked row -> uniform
 
 
 class AttentionOutput(NamedTuple):
@@ -38,7 +37,7 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset: Array | int = 0) 
 def dot_product_attention(
     q: Array, k: Array, v: Array, allowed: Array | None = None
 ) -> tuple[Array, Array]:
-    """Softmax attention in float32.
+    """Softmax attention in float32 (float64 for float64 inputs).
 
     q: `[batch, q_len, num_heads, head_dim]`; k, v: `[batch, kv_len, num_kv_heads, head_dim]`;
     allowed: bool, broadcastable to `[batch, q_len, kv_len]`.
@@ -47,11 +46,12 @@ def dot_product_attention(
     batch, q_len, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
     qg = q.reshape(batch, q_len, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = jnp.einsum("btgrd,bsgd->bgrts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / jnp.sqrt(jnp.float32(head_dim)))
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    scores = jnp.einsum("btgrd,bsgd->bgrts", qg, k, preferred_element_type=acc)
+    scores = scores * (1.0 / np.sqrt(head_dim)).astype(acc)
     if allowed is not None:
         allowed = jnp.broadcast_to(allowed, (batch, q_len, k.shape[1]))
-        scores = jnp.where(allowed[:, None, None], scores, MASKED)
+        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(acc).min)
     weights = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("bgrts,bsgd->btgrd", weights.astype(v.dtype), v)
     return out.reshape(q.shape), weights.reshape(batch, num_heads, q_len, k.shape[1])

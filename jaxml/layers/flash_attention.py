@@ -16,10 +16,8 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
-
-MASKED = float(jnp.finfo(jnp.float32).min)
-
 
 BLOCK_SIZES = (64, 32)  # preferred first; measured with `python -m experiments.bench attention`
 
@@ -39,17 +37,18 @@ def _grouped(q: Array, num_kv_heads: int) -> Array:
 
 def _block_scores(qb: Array, kb: Array, diagonal: int | None) -> Array:
     """Scores `[batch, groups, per_group, block, keys]`; the last key block is masked when `diagonal`."""
-    scores = jnp.einsum("btgrd,bsgd->bgrts", qb, kb, preferred_element_type=jnp.float32)
+    acc = jnp.promote_types(qb.dtype, jnp.float32)  # float32, or float64 for float64 inputs
+    scores = jnp.einsum("btgrd,bsgd->bgrts", qb, kb, preferred_element_type=acc)
     if diagonal is not None:
         t, s = scores.shape[-2:]
         allowed = jnp.arange(s)[None, :] <= (s - t + jnp.arange(t))[:, None]
-        scores = jnp.where(allowed, scores, MASKED)
+        scores = jnp.where(allowed, scores, jnp.finfo(acc).min)
     return scores
 
 
 def _forward(q: Array, k: Array, v: Array, block_size: int) -> tuple[Array, Array]:
     batch, seq, heads, dim = q.shape
-    qg = _grouped(q * (1.0 / jnp.sqrt(jnp.float32(dim))).astype(q.dtype), k.shape[2])
+    qg = _grouped(q * (1.0 / np.sqrt(dim)).astype(q.dtype), k.shape[2])
     outs, lses = [], []
     for start in range(0, seq, block_size):
         end = start + block_size
@@ -83,31 +82,26 @@ def _causal_attention_bwd(
     q, k, v, out, lse = residuals
     batch, seq, heads, dim = q.shape
     groups = k.shape[2]
-    scale = 1.0 / jnp.sqrt(jnp.float32(dim))
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    scale = (1.0 / np.sqrt(dim)).astype(acc)
     qg = _grouped(q * scale.astype(q.dtype), groups)
     dog = _grouped(d_out, groups)
     # D_i = sum_j P_ij dP_ij = rowsum(dO_i * O_i), the softmax backward's correction term.
-    delta = jnp.einsum(
-        "btgrd,btgrd->bgrt", dog.astype(jnp.float32), _grouped(out, groups).astype(jnp.float32)
-    )
+    delta = jnp.einsum("btgrd,btgrd->bgrt", dog.astype(acc), _grouped(out, groups).astype(acc))
     dq_blocks = []
-    dk = jnp.zeros(k.shape, jnp.float32)
-    dv = jnp.zeros(v.shape, jnp.float32)
+    dk = jnp.zeros(k.shape, acc)
+    dv = jnp.zeros(v.shape, acc)
     for start in range(0, seq, block_size):
         end = start + block_size
         rows = slice(start, end)
         scores = _block_scores(qg[:, rows], k[:, :end], diagonal=start)
         probs = jnp.exp(scores - lse[..., rows, None])
-        do_b = dog[:, rows].astype(jnp.float32)
+        do_b = dog[:, rows].astype(acc)
         dv = dv.at[:, :end].add(jnp.einsum("bgrts,btgrd->bsgd", probs, do_b))
-        d_probs = jnp.einsum("btgrd,bsgd->bgrts", do_b, v[:, :end].astype(jnp.float32))
+        d_probs = jnp.einsum("btgrd,bsgd->bgrts", do_b, v[:, :end].astype(acc))
         d_scores = probs * (d_probs - delta[..., rows, None])
-        dq_blocks.append(
-            jnp.einsum("bgrts,bsgd->btgrd", d_scores, k[:, :end].astype(jnp.float32)) * scale
-        )
-        dk = dk.at[:, :end].add(
-            jnp.einsum("bgrts,btgrd->bsgd", d_scores, qg[:, rows].astype(jnp.float32))
-        )
+        dq_blocks.append(jnp.einsum("bgrts,bsgd->btgrd", d_scores, k[:, :end].astype(acc)) * scale)
+        dk = dk.at[:, :end].add(jnp.einsum("bgrts,btgrd->bsgd", d_scores, qg[:, rows].astype(acc)))
     dq = jnp.concatenate(dq_blocks, axis=1).reshape(q.shape)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 

@@ -26,23 +26,24 @@ def sinusoidal_positions(max_seq_len: int, embed_dim: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def rope_inverse_frequencies(head_dim: int, theta: float) -> np.ndarray:
-    """`[head_dim // 2]` float32 frequencies `theta^(-2i/head_dim)`."""
-    return (1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(
-        np.float32
-    )
+def rope_inverse_frequencies(
+    head_dim: int, theta: float, dtype: type[np.floating] = np.float32
+) -> np.ndarray:
+    """`[head_dim // 2]` frequencies `theta^(-2i/head_dim)`, computed in float64."""
+    return (1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(dtype)
 
 
 def apply_rope(x: Array, positions: Array, theta: float) -> Array:
     """Rotate `x: [batch, seq, heads, head_dim]` by `positions: [batch, seq]` ("rotate half").
 
     The convention of Llama-family checkpoints: channel i pairs with channel i + head_dim/2.
-    Computed in float32, returned in `x.dtype`.
+    Computed in float32 (float64 for float64 inputs), returned in `x.dtype`.
     """
-    inv_freq = jnp.asarray(rope_inverse_frequencies(x.shape[-1], theta))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, seq, head_dim/2]
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    inv_freq = jnp.asarray(rope_inverse_frequencies(x.shape[-1], theta, acc.type))
+    angles = positions.astype(acc)[..., None] * inv_freq  # [batch, seq, head_dim/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(acc)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)

@@ -18,8 +18,6 @@ from jaxml.config import AttentionConfig
 from torchref.layers.kv_cache import KVCache, append_kv
 from torchref.layers.positions import apply_rope
 
-MASKED = torch.finfo(torch.float32).min
-
 
 class AttentionOutput(NamedTuple):
     out: torch.Tensor  # [batch, q_len, embed_dim]
@@ -41,14 +39,15 @@ def causal_mask(
 def dot_product_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit softmax attention in float32; shapes as in jaxml (`[batch, seq, heads, head_dim]`)."""
+    """Explicit softmax attention in float32 (float64 for float64 inputs); shapes as in jaxml."""
     batch, q_len, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
+    acc = torch.promote_types(q.dtype, torch.float32)
     qg = q.reshape(batch, q_len, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = torch.einsum("btgrd,bsgd->bgrts", qg.float(), k.float()) / math.sqrt(head_dim)
+    scores = torch.einsum("btgrd,bsgd->bgrts", qg.to(acc), k.to(acc)) / math.sqrt(head_dim)
     if allowed is not None:
         allowed = allowed.expand(batch, q_len, k.shape[1])
-        scores = scores.masked_fill(~allowed[:, None, None], MASKED)
+        scores = scores.masked_fill(~allowed[:, None, None], torch.finfo(acc).min)
     weights = torch.softmax(scores, dim=-1)
     out = torch.einsum("bgrts,bsgd->btgrd", weights.to(v.dtype), v)
     return out.reshape(q.shape), weights.reshape(batch, num_heads, q_len, k.shape[1])
@@ -61,9 +60,9 @@ def fused_attention(
     bias = None
     if allowed is not None:
         zero = torch.zeros((), dtype=q.dtype, device=q.device)
-        bias = torch.where(allowed, zero, torch.tensor(MASKED, dtype=q.dtype, device=q.device))[
-            :, None
-        ]
+        bias = torch.where(
+            allowed, zero, torch.tensor(torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device)
+        )[:, None]
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias, enable_gqa=True
     )

@@ -9,7 +9,7 @@ LayerNorm = nn.LayerNorm
 
 
 class RMSNorm(nn.Module):
-    """`x / sqrt(mean(x²) + eps) * weight` over the last axis, computed in float32."""
+    """`x / sqrt(mean(x²) + eps) * weight` over the last axis, in float32 (float64 for float64 x)."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -17,6 +17,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        acc = torch.promote_types(x.dtype, torch.float32)
+        x32 = x.to(acc)
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        return (normed * self.weight.to(acc)).to(x.dtype)

@@ -28,17 +28,20 @@ def sinusoidal_positions(max_seq_len: int, embed_dim: int) -> torch.Tensor:
     return table.float()
 
 
-def rope_inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
-    """`[head_dim // 2]` float32 frequencies `theta^(-2i/head_dim)`."""
-    return (1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)).float()
+def rope_inverse_frequencies(
+    head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """`[head_dim // 2]` frequencies `theta^(-2i/head_dim)`, computed in float64."""
+    return (1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotate `x: [batch, seq, heads, head_dim]` by `positions: [batch, seq]` ("rotate half")."""
-    inv_freq = rope_inverse_frequencies(x.shape[-1], theta).to(x.device)
-    angles = positions.to(torch.float32)[..., None] * inv_freq
+    acc = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    inv_freq = rope_inverse_frequencies(x.shape[-1], theta, acc).to(x.device)
+    angles = positions.to(acc)[..., None] * inv_freq
     angles = torch.cat([angles, angles], dim=-1)[:, :, None, :]
-    x32 = x.float()
+    x32 = x.to(acc)
     half = x.shape[-1] // 2
     rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
     return (x32 * torch.cos(angles) + rotated * torch.sin(angles)).to(x.dtype)
