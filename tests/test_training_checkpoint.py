@@ -1,6 +1,7 @@
 """Checkpoints: a run interrupted after N steps and resumed ends exactly where the
-uninterrupted run ends (params, optimizer state, step, PRNG key; data position mid-epoch),
-for both backends; only the last K are kept; existing checkpoints are never overwritten."""
+uninterrupted run ends (params, optimizer state, step, PRNG key; data position mid-epoch and
+at an epoch end), for both backends; only the last K are kept; existing checkpoints are never
+overwritten."""
 
 from __future__ import annotations
 
@@ -87,6 +88,42 @@ def test_torch_resume_is_exact(tmp_path: Path) -> None:
         straight.state_dict().items(), resumed.state_dict().values(), strict=True
     ):
         assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_resume_from_an_epoch_end(backend: str, tmp_path: Path) -> None:
+    """Saved after the last batch of epoch 1: the position rolls over to (epoch 2, batch 0), and
+    the resumed run neither replays nor re-evaluates epoch 1."""
+
+    def run(config: TrainConfig, logger: RunLogger | None = None) -> tuple[list, list]:
+        if backend == "jax":
+            result = fit(MLPRegressor(CFG), TRAIN, VAL, config, logger=logger)
+            return result.history, [np.asarray(x) for x in jax.tree.leaves(result.state)]
+        torch.manual_seed(0)
+        result = torch_fit(TorchMLP(CFG), TRAIN, VAL, config, logger=logger)
+        return result.history, [x.numpy() for x in result.state.model.state_dict().values()]
+
+    def meta() -> dict:
+        if backend == "torch":
+            return TorchCheckpointer(tmp_path).read_meta()
+        ckpt = Checkpointer(tmp_path)
+        try:
+            return ckpt.read_meta()
+        finally:
+            ckpt.close()
+
+    epoch_end = TRAIN.steps_per_epoch(BASE.batch_size)  # 8: the first epoch's last step
+    straight_history, straight_state = run(BASE)
+    config = BASE.replace(checkpoint_dir=str(tmp_path), save_every=epoch_end)
+    with pytest.raises(Interrupt):
+        run(config, CrashAfter(epoch_end))
+    saved = meta()
+    assert (saved["step"], saved["epoch"], saved["batch"]) == (epoch_end, 1, 0)
+    history, state = run(config.replace(resume=True))
+    assert history == straight_history[1:]  # epochs 2 and 3 only, same numbers
+    assert len(state) == len(straight_state)
+    for x, y in zip(straight_state, state, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_keep_last_k_and_never_overwrite(tmp_path: Path) -> None:
