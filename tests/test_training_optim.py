@@ -80,10 +80,19 @@ def test_rmsprop_puts_eps_outside_the_square_root() -> None:
         np.testing.assert_allclose(update, expected, rtol=1e-6)
 
 
-def test_adamw_decay_is_decoupled_and_scaled_by_lr() -> None:
-    config = OptimizerConfig("adamw", lr=0.1, weight_decay=0.5)
-    for update in one_update(config, 2.0, 0.0):  # zero gradient: only the decay moves p
-        np.testing.assert_allclose(update, -0.1 * 0.5 * 2.0, rtol=1e-6)
+@pytest.mark.parametrize(
+    "grad,expected",
+    [
+        (0.0, -0.02),  # only the decay moves p; coupled L2 would give -lr * sign(wd * p) = -0.1
+        (1.0, -0.12),  # adam's first step -lr * sign(g) plus decay; coupled L2 gives -0.1
+    ],
+)
+def test_adamw_decay_is_decoupled_and_scaled_by_lr(grad: float, expected: float) -> None:
+    """Decoupled: `-lr * (adam(g) + wd * p)` = -0.1 * (sign(g) + 0.1 * 2.0); coupled L2 feeds
+    `g + wd * p` to adam, whose first step is `-lr * sign(...)`; unscaled decay gives -0.2 more."""
+    config = OptimizerConfig("adamw", lr=0.1, weight_decay=0.1)
+    for update in one_update(config, 2.0, grad):  # torch's update is a float32 difference
+        np.testing.assert_allclose(update, expected, rtol=1e-5)
 
 
 def test_sgd_nesterov_momentum_first_step() -> None:
