@@ -1,14 +1,17 @@
-"""RoPE and sinusoidal encodings: the properties that make them positional encodings."""
+"""RoPE and sinusoidal encodings: the properties that make them positional encodings, and the
+RoPE angles of both backends against a hand-computed table."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxml.layers.positions import apply_rope, sinusoidal_positions
+from torchref.layers.positions import apply_rope as torch_apply_rope
 
 
 def _rope(x: np.ndarray, position: int, theta: float = 10000.0) -> np.ndarray:
@@ -49,6 +52,33 @@ def test_rope_rotate_half_convention() -> None:
     expected = np.zeros(8, np.float32)
     expected[0], expected[4] = np.cos(1.0), np.sin(1.0)
     np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+# head_dim 8, theta 10000: frequencies 10000^(-2i/8) = 1, 0.1, 0.01, 0.001 rad per position.
+ROPE_ANGLES = {
+    1: [1.0, 0.1, 0.01, 0.001],
+    7: [7.0, 0.7, 0.07, 0.007],
+    1000: [1000.0, 100.0, 10.0, 1.0],
+}
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_rope_angles_match_a_hand_computed_table(backend: str) -> None:
+    """Each basis vector e_j (one head each) at each position: channel pair (j, j + 4) turns by
+    the tabled angle, so a wrong frequency exponent or theta shows here, not only in parity."""
+    positions = np.array([list(ROPE_ANGLES)])  # [1, 3]
+    x = np.broadcast_to(np.eye(8, dtype=np.float32), (1, 3, 8, 8))  # [batch, seq, heads, dim]
+    if backend == "jax":
+        out = np.asarray(apply_rope(jnp.asarray(x), jnp.asarray(positions), 10000.0))
+    else:
+        out = torch_apply_rope(torch.tensor(x), torch.tensor(positions), 10000.0).numpy()
+    for s, (position, angles) in enumerate(ROPE_ANGLES.items()):
+        cos, sin = np.cos(angles), np.sin(angles)
+        expected = np.zeros((8, 8))  # row h: the image of e_h
+        for j in range(4):
+            expected[j, j], expected[j, j + 4] = cos[j], sin[j]
+            expected[j + 4, j], expected[j + 4, j + 4] = -sin[j], cos[j]
+        np.testing.assert_allclose(out[0, s], expected, atol=1e-5, err_msg=f"position {position}")
 
 
 def test_rope_at_position_zero_is_identity() -> None:
