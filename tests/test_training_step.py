@@ -1,4 +1,5 @@
-"""Train / eval steps: pure and jittable, the objective adds auxiliary losses, metrics."""
+"""Train / eval steps: pure and jittable, the objective adds auxiliary losses, metrics (loss and
+accuracy on known logits in both backends)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 
 from jaxml.data.loader import Batch
 from jaxml.training.config import OptimizerConfig
@@ -17,6 +19,7 @@ from jaxml.training.losses import cross_entropy, module_apply, mse, objective
 from jaxml.training.optim import make_optimizer, make_schedule
 from jaxml.training.state import TrainState, init_params
 from jaxml.training.step import make_eval_step, make_train_step
+from torchref.training.step import eval_step as torch_eval_step
 
 
 class WithAux(nn.Module):
@@ -86,12 +89,25 @@ def test_cross_entropy_and_accuracy() -> None:
     labels = jnp.array([0, 2])
     expected = -np.mean([jax.nn.log_softmax(logits[0])[0], jax.nn.log_softmax(logits[1])[2]])
     np.testing.assert_allclose(float(cross_entropy(logits, labels)), expected, rtol=1e-6)
-    model = nn.Dense(3)
-    batch = Batch((np.eye(3, dtype=np.float32),), np.array([0, 1, 2]))
-    params = init_params(model, batch.inputs, jax.random.key(0))
-    metrics = make_eval_step(module_apply(model), "cross_entropy")(params, batch)
+    # Known logits rows [2,1,0], [0,2,1], [1,0,2], [2,1,0]: argmax 0, 1, 2, 0 against labels
+    # 0, 1, 2, 2 is 3 of 4 right (argmin or 1 - accuracy would give 0.25).
+    kernel = np.array([[2.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 2.0]], np.float32)
+    inputs = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    batch = Batch((inputs,), np.array([0, 1, 2, 2]))
+    params = {"kernel": jnp.asarray(kernel), "bias": jnp.zeros(3)}
+    metrics = make_eval_step(module_apply(nn.Dense(3)), "cross_entropy")(params, batch)
     assert set(metrics) == {"loss", "task_loss", "aux_loss", "accuracy"}
-    assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+    assert float(metrics["accuracy"]) == 0.75
+    log_probs = jax.nn.log_softmax(inputs @ kernel)
+    expected = -np.mean(log_probs[np.arange(4), batch.targets])
+    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-6)
+    linear = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(kernel.T))
+        linear.bias.zero_()
+    torch_metrics = torch_eval_step(linear, batch, loss="cross_entropy")
+    assert float(torch_metrics["accuracy"]) == 0.75
+    np.testing.assert_allclose(float(torch_metrics["loss"]), expected, rtol=1e-6)
 
 
 def test_bad_loss_inputs_raise() -> None:
