@@ -19,10 +19,12 @@ def test_digits_cnn_learns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_digits_torch_backend(tmp_path: Path) -> None:
     result = classify.run(
-        ["--backend", "torch", "--epochs", "1", "--limit", "128", "--channels", "4",
-         "--hidden_dims", "8", "--no_progress", "--logdir", str(tmp_path)]
+        ["--backend", "torch", "--epochs", "3", "--limit", "256", "--batch_size", "16",
+         "--lr", "1e-2", "--channels", "8", "--hidden_dims", "16", "--no_progress",
+         "--logdir", str(tmp_path)]
     )  # fmt: skip
-    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["num_classes"] == 10
+    assert result["num_classes"] == 10
+    assert result["test_accuracy"] > 0.5  # 0.66 measured after 48 steps; chance is 0.1
 
 
 def test_cifar10_fixture_and_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,4 +46,5 @@ def test_cifar10_fixture_and_restore(tmp_path: Path, capsys: pytest.CaptureFixtu
         ]
     )
     assert restored["test_accuracy"] == pytest.approx(result["test_accuracy"])
+    assert restored["test_loss"] == pytest.approx(result["test_loss"], rel=1e-6)  # 2 images
     assert "first 10 test images" in capsys.readouterr().out
