@@ -4,7 +4,6 @@ prediction and for continued training, in both backends."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,8 @@ from jaxml.training.logging import read_events
 
 TINY_TRANSFORMER = [
     "--type", "transformer", "--embed_dim", "8", "--num_heads", "2", "--num_layers", "1",
-    "--ffn_latent_dim", "16", "--seq_len", "4", "--num_samples", "40", "--batch_size", "8",
-    "--epochs", "1", "--no_progress",
+    "--ffn_latent_dim", "16", "--seq_len", "4", "--num_samples", "200", "--batch_size", "8",
+    "--epochs", "3", "--lr", "1e-2", "--no_progress",
 ]  # fmt: skip
 MLP = ["--num_samples", "200", "--batch_size", "32", "--lr", "1e-2", "--no_progress"]
 
@@ -47,10 +46,14 @@ def test_mlp_beats_linear_on_the_cubic(tmp_path: Path, capsys: pytest.CaptureFix
     ids=["autoregressive-mqa", "encoderdecoder-gqa", "encoderdecoder-torch"],
 )
 def test_sequence_modes(flags: list[str], tmp_path: Path) -> None:
+    """60 steps learn each task well below the zero / mean predictor's MSE: 0.54 on the
+    sinusoids (measured val 0.07, generation 0.14), 1/3 on reversal (measured 0.19 to 0.22)."""
     result = regression.run([*TINY_TRANSFORMER, *flags, "--logdir", str(tmp_path)])
     assert result["mode"] == flags[0].lstrip("-")
-    assert math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
-    assert result["generation_mse"] is not None and math.isfinite(result["generation_mse"])
+    learned = 0.2 if result["mode"] == "autoregressive" else 0.26
+    assert result["val_loss"] < learned and result["train_loss"] < learned
+    assert result["generation_mse"] is not None and result["generation_mse"] < learned
+    assert result["history"][-1]["val_loss"] == result["val_loss"]
     assert "val/generation_mse" in read_events(tmp_path)
 
 
