@@ -126,7 +126,7 @@ def test_bad_utf8_lines_are_skipped_counted_and_listed(tmp_path):
     )
     path = write(tmp_path / "bad.txt", data)
     for use_combiner in (True, False):
-        config = JobConfig(num_partitions=2, use_combiner=use_combiner)
+        config = JobConfig(num_partitions=2, use_combiner=use_combiner, max_bad_fraction=None)
         result = run_job(
             get_job("word_count"), [path], tmp_path / f"out{use_combiner}", config=config
         )
@@ -148,7 +148,9 @@ def test_malformed_json_lines_and_failing_map_records_are_skipped(tmp_path):
     path = write(tmp_path / "e.jsonl", "\n".join(lines) + "\n")
     from mapreduce.partitioning.challenge_01_user_influence import INFLUENCE_JOB
 
-    config = JobConfig(num_partitions=2, bad_records_listed=1, record_attempts=3)
+    config = JobConfig(
+        num_partitions=2, bad_records_listed=1, record_attempts=3, max_bad_fraction=None
+    )
     result = run_job(INFLUENCE_JOB, [path], tmp_path / "out", config=config)
     rec = result.report["reconciliation"]
     assert rec == {"records_in": 3, "records_processed": 1, "records_skipped": 2, "ok": True}
@@ -180,7 +182,7 @@ def test_record_attempts_retry_flaky_records_and_skip_poison(tmp_path):
     FLAKY_CALLS.clear()
     path = write(tmp_path / "f.txt", "a flaky b\npoison pill\nc\n")
     job = Job("flaky", flaky_map, sum_values, sum_values)
-    result = run_job(job, [path], tmp_path / "out", config=JobConfig(record_attempts=2))
+    result = run_job(job, [path], tmp_path / "out", config=JobConfig(record_attempts=2, max_bad_fraction=0.5))
     assert dict(result.records()) == {"a": 1, "b": 1, "c": 1, "flaky": 1}
     assert FLAKY_CALLS["poison pill"] == 2
     assert result.report["bad_records"]["listed"][0]["reason"].startswith(
