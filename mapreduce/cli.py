@@ -7,6 +7,7 @@ Each rejects a bad value while the arguments are parsed, so argparse prints one 
 from __future__ import annotations
 
 import argparse
+import os
 
 from mapreduce.job import check_encoding
 
@@ -60,3 +61,13 @@ def text_encoding(text: str) -> str:
         return check_encoding(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def new_file(text: str) -> str:
+    """A path to write, in a directory that exists (so the write at the end cannot fail on it)."""
+    folder = os.path.dirname(text) or "."
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"directory {folder!r} does not exist")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    return text
