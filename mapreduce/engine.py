@@ -25,7 +25,7 @@ from mapreduce.executors import Executor, SequentialExecutor, make_executor
 from mapreduce.job import Job, JobConfig, Pair, Partitioner, Rows
 from mapreduce.output import read_rows, suffix, write_rows
 from mapreduce.partitioning.partitioners import hash_partitioner, partitioner_name
-from mapreduce.splits import auto_split_bytes, expand_inputs, make_splits
+from mapreduce.splits import Split, auto_split_bytes, expand_inputs, make_splits
 from mapreduce.tasks import MapTask, ReduceTask, TaskOutput, run_map_task, run_reduce_task
 
 _OUTPUT_PREFIXES = ("part-", ".part-", "result.", "report.json", "_SUCCESS")
@@ -227,14 +227,17 @@ def _check_bad_records(
     if first is not None:
         message += f"; first: {first['path']}@{first['offset']}: {first['reason']}"
         if first["reason"].startswith("UnicodeDecodeError"):
-            message += f"; the input may not be {config.encoding} (set the encoding)"
+            message += (
+                f"; the input may not be {config.encoding}: name its encoding "
+                "(--encoding, JobConfig.encoding)"
+            )
     raise JobFailedError(message, report)
 
 
 def _new_report(
     job: Job,
     paths: list[str],
-    splits: list[Any],
+    splits: list[Split],
     split_bytes: int,
     config: JobConfig,
     partitioner: Partitioner,
@@ -257,7 +260,7 @@ def _new_report(
 
 def _run_phases(
     job: Job,
-    splits: list[Any],
+    splits: list[Split],
     executor: str | Executor,
     workers: int | None,
     scheduler: str | None,

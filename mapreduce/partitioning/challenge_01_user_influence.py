@@ -50,6 +50,7 @@ from mapreduce.splits import (
 )
 
 WEIGHTS = {"like": 1, "comment": 2, "share": 3}
+DEFAULT_OUTPUT = os.path.join("runs", "mapreduce", "user_influence")
 
 
 def influence(engagement: int, reach: int) -> dict[str, Any]:
@@ -135,7 +136,7 @@ def run_challenge(
     """Run the influence job under every strategy; returns the comparison rows, the per-partition
     loads of each strategy and whether all strategies gave the same influence for every author."""
     paths = expand_inputs(inputs)
-    output_dir = output_dir or os.path.join("runs", "mapreduce", "user_influence")
+    output_dir = output_dir or DEFAULT_OUTPUT
     sample = sample_authors(paths, sample_per_split, seed)
     sample_counts: Counter[Any] = Counter()
     for key, weight in sample:
@@ -242,10 +243,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     try:
         expand_inputs(args.inputs)
-        if args.output is not None:
-            check_output_outside_inputs(args.output, args.inputs)
     except ValueError as exc:
         parser.error(f"argument inputs: {exc}")
+    try:
+        check_output_outside_inputs(args.output or DEFAULT_OUTPUT, args.inputs)
+    except ValueError as exc:
+        parser.error(f"argument --output: {exc}")
     outcome = run_challenge(
         args.inputs,
         executor=args.engine,

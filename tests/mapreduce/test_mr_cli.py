@@ -349,7 +349,7 @@ BAD_INPUT = [
     (CHALLENGE, "{jsonl} --partitions 1", "--partitions"),
     (CHALLENGE, "{jsonl} --salts 0", "--salts"),
     (CHALLENGE, "missing.jsonl", "inputs"),
-    (CHALLENGE, "{data} --output {data}", "inputs"),
+    (CHALLENGE, "{data} --output {data}", "--output"),
     (CHALLENGE, "{jsonl} --report missing/r.json", "--report"),
     (BENCH, "--size-mb 0", "--size-mb"),
     (BENCH, "--workers 2 0", "--workers"),
