@@ -47,14 +47,24 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mapreduce.run",
-        description=__doc__.splitlines()[0].removeprefix("Command line: "),
+        usage="%(prog)s [JOB] [INPUT ...] [--workers N] [--engine ENGINE] [options]",
+        description="Run one word-statistics job and print a summary, its first rows and where\n"
+        "the output went. Without INPUT it counts the words of CPython's documentation text.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("job", nargs="?", choices=list(JOBS), default="word_count")
+    parser.add_argument(
+        "job",
+        nargs="?",
+        choices=list(JOBS),
+        default="word_count",
+        metavar="JOB",
+        help=f"one of {', '.join(JOBS)} (default word_count)",
+    )
     parser.add_argument(
         "inputs",
         nargs="*",
+        metavar="INPUT",
         help="text files or directories of text files (default: CPython's documentation text)",
     )
     parser.add_argument("--engine", choices=ENGINES, default="processes")
@@ -143,7 +153,7 @@ def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
     try:
         expand_inputs(args.inputs)
     except ValueError as exc:
-        parser.error(f"argument inputs: {exc}")
+        parser.error(f"argument INPUT: {exc}")
     if args.work_dir is not None and not os.path.isdir(args.work_dir):
         parser.error(f"argument --work-dir: {args.work_dir} is not a directory")
     output = args.output
