@@ -24,7 +24,7 @@ from mapreduce.cli import (
     text_encoding,
 )
 from mapreduce.corpus import SPLITS, corpus_split_bytes, python_docs_corpus
-from mapreduce.engine import JobFailedError, check_output_outside_inputs, run_job
+from mapreduce.engine import JobFailedError, JobResult, check_output_outside_inputs, run_job
 from mapreduce.executors import ENGINES
 from mapreduce.job import OUTPUT_FORMATS, FaultPlan, JobConfig
 from mapreduce.report import shuffle_report, summary
@@ -172,6 +172,27 @@ def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
     return output or fresh_output_dir(args.job)
 
 
+def print_result(result: JobResult, args: argparse.Namespace) -> None:
+    """The summary, the shuffle report if asked, `--show` rows (for word_count the most frequent
+    words) and where the output is."""
+    print(summary(result.report))
+    if args.shuffle_report:
+        print(shuffle_report(result.report))
+    if args.show and args.job == "word_count":
+        print(f"the {args.show} most frequent words:")
+        rows = heapq.nsmallest(args.show, result.records(), key=lambda kv: (-kv[1], kv[0]))
+    else:
+        if args.show:
+            print(f"first {args.show} result rows (partition order, keys sorted in a partition):")
+        rows = list(itertools.islice(result.records(), args.show))
+    for key, value in rows:
+        print(f"{key}\t{value}")
+    print(
+        f"output: {result.output_dir} ({len(result.files)} part files), "
+        f"report: {result.output_dir}/report.json"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -209,22 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailedError as exc:
         print(f"job failed: {exc}; see {os.path.join(output, 'report.json')}", file=sys.stderr)
         return 1
-    print(summary(result.report))
-    if args.shuffle_report:
-        print(shuffle_report(result.report))
-    if args.show and args.job == "word_count":
-        print(f"the {args.show} most frequent words:")
-        rows = heapq.nsmallest(args.show, result.records(), key=lambda kv: (-kv[1], kv[0]))
-    else:
-        if args.show:
-            print(f"first {args.show} result rows (partition order, keys sorted in a partition):")
-        rows = list(itertools.islice(result.records(), args.show))
-    for key, value in rows:
-        print(f"{key}\t{value}")
-    print(
-        f"output: {result.output_dir} ({len(result.files)} part files), "
-        f"report: {result.output_dir}/report.json"
-    )
+    print_result(result, args)
     return 0
 
 
