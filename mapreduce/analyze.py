@@ -28,11 +28,15 @@ def read_keys(parser: argparse.ArgumentParser, path: str, key: str) -> list[Any]
                         f"argument input: {path} line {number} is not JSON ({exc.msg}); "
                         "give a JSON-lines file"
                     )
-                if not isinstance(record, dict) or key not in record:
-                    fields = ", ".join(record) if isinstance(record, dict) else "none"
+                if not isinstance(record, dict):
+                    parser.error(
+                        f"argument input: {path} line {number} is a JSON "
+                        f"{type(record).__name__}, not an object"
+                    )
+                if key not in record:
                     parser.error(
                         f"argument --key: {path} line {number} has no field {key!r} "
-                        f"(fields: {fields})"
+                        f"(fields: {', '.join(record)})"
                     )
                 value = record[key]
                 if not isinstance(value, str | int | float):
@@ -47,6 +51,11 @@ def read_keys(parser: argparse.ArgumentParser, path: str, key: str) -> list[Any]
         parser.error(f"argument input: {path} is not UTF-8 ({exc.reason} at byte {exc.start})")
     if not keys:
         parser.error(f"argument input: {path} holds no records")
+    if len({isinstance(k, str) for k in keys}) > 1:
+        parser.error(
+            f"argument --key: field {key!r} of {path} mixes strings and numbers; "
+            "range partitioning needs keys of one kind"
+        )
     return keys
 
 

@@ -196,6 +196,8 @@ def print_result(result: JobResult, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.scheduler and args.engine != "dask":
+        parser.error(f"argument --scheduler: needs --engine dask, not {args.engine}")
     split_bytes = max(1, round(args.split_mb * (1 << 20))) if args.split_mb else None
     default_input = not args.inputs
     if default_input:

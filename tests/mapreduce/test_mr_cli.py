@@ -334,7 +334,9 @@ BAD_INPUT = [
     (RUN, "word_count {text} --output {done}", "--output"),
     (RUN, "word_count {text} --output {text}", "--output"),
     (RUN, "word_count {text} --work-dir missing", "--work-dir"),
+    (RUN, "--scheduler tcp://127.0.0.1:8786", "--scheduler"),
     (ANALYZE, "{jsonl} --key nokey", "--key"),
+    (ANALYZE, "{jsonl} --key kind", "--key"),
     (ANALYZE, "{text}", "input"),
     (ANALYZE, "missing.jsonl", "input"),
     (ANALYZE, "{jsonl} --partitions 1", "--partitions"),
@@ -368,7 +370,9 @@ def bad_input_answers(tmp_path_factory):
     done = cwd / "done"
     done.mkdir()
     (done / "_SUCCESS").touch()
-    (cwd / "records.jsonl").write_text('{"user_id": "u1"}\n{"user_id": "u2"}\n')
+    (cwd / "records.jsonl").write_text(
+        '{"user_id": "u1", "kind": 1}\n{"user_id": "u2", "kind": "a"}\n'
+    )
     files = {"text": data / "a.txt", "jsonl": cwd / "records.jsonl", "data": data, "done": done}
 
     def answer(case):
