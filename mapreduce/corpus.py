@@ -1,7 +1,7 @@
 """The default input of `python -m mapreduce.run`: text that ships with every CPython install.
 
 `pydoc_data.topics` holds the reference-manual text that `help("if")` and friends print (79
-topics, about 470 KB on CPython 3.11). It is written once per Python version as one UTF-8 file,
+topics, about 470 KB on CPython 3.11). It is written once per Python release as one UTF-8 file,
 topics in name order, each headed by its name, so the engine can split and read it like any input.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from pydoc_data.topics import topics
 
 SPLITS = 16  # the corpus is below the 1 MiB minimum automatic split: cut it so 8 workers get 2
 
@@ -18,8 +17,10 @@ SPLITS = 16  # the corpus is below the 1 MiB minimum automatic split: cut it so 
 def python_docs_corpus(data_dir: str | None = None) -> str:
     """Path of the corpus file under `data_dir` (default: TMP/mapreduce_corpus), written if
     missing (atomically, so concurrent first runs are safe)."""
+    from pydoc_data.topics import topics  # here: a stripped-down Python may lack it
+
     data_dir = data_dir or os.path.join(tempfile.gettempdir(), "mapreduce_corpus")
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = ".".join(map(str, sys.version_info[:3]))
     path = os.path.join(data_dir, f"python-{version}-pydoc-topics.txt")
     if os.path.exists(path):
         return path
