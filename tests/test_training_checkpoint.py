@@ -91,8 +91,9 @@ def test_torch_resume_is_exact(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_resume_from_an_epoch_end(backend: str, tmp_path: Path) -> None:
-    """Saved after the last batch of epoch 1: the position rolls over to (epoch 2, batch 0), and
-    the resumed run neither replays nor re-evaluates epoch 1."""
+    """Saved after the first epoch's last batch: the stored position rolls over to the next
+    epoch's start (epoch index 1, batch 0), and the resumed run neither replays nor re-evaluates
+    the first epoch (a position left at (0, 8) adds an empty epoch and a duplicate history row)."""
 
     def run(config: TrainConfig, logger: RunLogger | None = None) -> tuple[list, list]:
         if backend == "jax":
