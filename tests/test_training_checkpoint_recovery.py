@@ -18,11 +18,10 @@ import optax
 import pytest
 import torch
 
-from jaxml.config import RegressorConfig
+from jaxml.configs import OptimizerConfig, RegressorConfig, TrainConfig
 from jaxml.data.synthetic import polynomial
 from jaxml.models.regression import MLPRegressor
 from jaxml.training.checkpoint import Checkpointer
-from jaxml.training.config import OptimizerConfig, TrainConfig
 from jaxml.training.loop import fit
 from jaxml.training.state import TrainState
 from torchref.models.regression import MLPRegressor as TorchMLP
