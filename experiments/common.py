@@ -172,10 +172,11 @@ def _same(value: Any) -> Any:
 def check_outputs(args: argparse.Namespace, logdir: Path, checkpoint_dir: str) -> None:
     """Refuse unusable output locations before any work: a path that is not a directory, a
     directory that cannot be created or written, or (without `--restore`) a checkpoint
-    directory that already holds a run's checkpoints. Creates both directories."""
-    targets = {"--logdir": logdir}
-    if not args.predict:
-        targets["--checkpoint_dir"] = Path(checkpoint_dir)
+    directory that already holds a run's checkpoints. Creates both directories (a prediction
+    run writes nothing, so it checks nothing)."""
+    if args.predict:  # writes nothing
+        return
+    targets = {"--logdir": logdir, "--checkpoint_dir": Path(checkpoint_dir)}
     for flag, path in targets.items():
         if path.exists() and not path.is_dir():
             raise ValueError(f"{flag} {path}: exists and is not a directory")
@@ -271,8 +272,9 @@ def saved_meta(directory: str) -> dict[str, Any]:
 
 
 def _backend_of(directory: str) -> str:
-    """torch checkpoints hold `<step>/state.pt`, orbax ones `<step>/state/`."""
-    return "torch" if any(Path(directory).glob("*/state.pt")) else "jax"
+    """torch checkpoints hold `<step>/state.pt` + `meta.json`, orbax ones `<step>/state/` + `meta/`."""
+    root = Path(directory)
+    return "torch" if any(root.glob("*/state.pt")) or any(root.glob("*/meta.json")) else "jax"
 
 
 @dataclass
@@ -464,15 +466,28 @@ def cli_main(
 ) -> int:
     """`execute(prepare(argv))` with one-line errors: a bad input (ValueError / OSError while
     preparing) is `prog: error: ...` and 2, a diverged run or an I/O failure while training 1."""
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_closed_event_loop
     try:
-        job = prepare(argv)
-    except (ValueError, OSError) as error:
-        return _error(prog, error, 2)
-    try:
-        execute(job)
-    except (FloatingPointError, OSError) as error:
-        return _error(prog, error, 1)
-    return 0
+        try:
+            job = prepare(argv)
+        except (ValueError, OSError) as error:
+            return _error(prog, error, 2)
+        try:
+            execute(job)
+        except (FloatingPointError, OSError) as error:
+            return _error(prog, error, 1)
+        return 0
+    finally:
+        sys.unraisablehook = hook
+
+
+def _quiet_closed_event_loop(unraisable: Any) -> None:
+    """A failed orbax restore (a damaged checkpoint, reported and skipped) leaves tensorstore
+    reads that complete after asyncio closed their loop; their "Event loop is closed" errors are
+    noise. Every other unraisable exception goes to Python's default hook."""
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
 
 
 def _error(prog: str, error: BaseException, code: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -57,26 +58,31 @@ def prepare(argv: Sequence[str] | None = None) -> list[tuple[dict[str, str], Job
     args, extra = build_parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
     base = extra if any(a.startswith("--type") for a in extra) else [*BASE, *extra]
     sweep_dir = Path(args.sweep_dir or Path("runs") / "sweep" / time.strftime("%Y%m%d-%H%M%S"))
-    argvs = {}
+    runs = []
     for point in grid(args):
         name = "-".join(f"{k}={v}" for k, v in point.items()).replace(",", "_")
         flags = [x for k, v in point.items() for x in (f"--{k}", v)]
-        argvs[name] = [*base, *flags, "--no_progress", "--logdir", str(sweep_dir / name)]
-        regression.build_parser(PROG).parse_args(argvs[name])  # every value, before any directory
-    return [
-        (point, regression.prepare(argv, prog=PROG))
-        for point, argv in zip(grid(args), argvs.values(), strict=True)
-    ]
+        argv = [*base, *flags, "--no_progress", "--logdir", str(sweep_dir / name)]
+        regression.build_parser(PROG).parse_args(argv)  # every value, before any directory
+        runs.append((point, argv))
+    return [(point, regression.prepare(argv, prog=PROG)) for point, argv in runs]
 
 
 def execute(jobs: list[tuple[dict[str, str], Job]]) -> list[dict[str, Any]]:
-    """Run every job; returns one row per run, best (lowest validation loss) first."""
+    """Run every job; returns one row per run, best (lowest validation loss) first and
+    diverged runs (NaN losses) last."""
     rows = []
     for i, (point, job) in enumerate(jobs):
         print(
             f"[{i + 1}/{len(jobs)}] {' '.join(f'--{k} {v}' for k, v in point.items())}", flush=True
         )
-        result = regression.execute(job)
+        start = time.perf_counter()
+        try:
+            result = regression.execute(job)
+        except FloatingPointError as error:  # one diverged point does not end the sweep
+            print(f"{PROG}: {error}", file=sys.stderr)
+            nan = float("nan")
+            result = {"train_loss": nan, "val_loss": nan, "seconds": time.perf_counter() - start}
         rows.append(
             {
                 **point,
@@ -85,7 +91,7 @@ def execute(jobs: list[tuple[dict[str, str], Job]]) -> list[dict[str, Any]]:
                 "seconds": result["seconds"],
             }
         )
-    rows.sort(key=lambda r: r["val_loss"])
+    rows.sort(key=lambda r: (math.isnan(r["val_loss"]), r["val_loss"]))
     print(format_table(rows))
     return rows
 

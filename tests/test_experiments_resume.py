@@ -191,3 +191,32 @@ def test_sigkill_then_resume(backend: str, tmp_path: Path) -> None:
     )
     assert done["history"][-1]["step"] == (epoch + 1) * 10  # 40 examples / 4 per batch
     assert not [p for p in ckpt.iterdir() if "tmp" in p.name]  # a killed save's leftovers
+    newest = steps(ckpt)[-1]
+    if backend == "jax":  # delete the array files: tensorstore fails mid-read
+        for path in (ckpt / str(newest) / "state").rglob("*"):
+            if path.is_file() and path.parent.name == "d":
+                path.unlink()
+    else:
+        (ckpt / str(newest) / "state.pt").write_bytes(b"truncated")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    predicted = subprocess.run(
+        [sys.executable, "-m", "experiments.regression", "--restore", str(ckpt), "--predict"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert predicted.returncode == 0 and "restored nlinear" in predicted.stdout
+    assert f"checkpoint step {newest} in" in predicted.stderr and "damaged" in predicted.stderr
+    assert "Traceback" not in predicted.stderr
+
+
+def test_sweep_survives_a_diverged_point(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from experiments import sweep
+
+    rows = sweep.run(
+        ["--lr", "1e6,1e-2", "--optimizer", "sgd", "--type", "nlinear", "--latent_dims", "8",
+         "--epochs", "2", "--num_samples", "60", "--batch_size", "8", "--sweep_dir", str(tmp_path)]
+    )  # fmt: skip
+    assert [r["lr"] for r in rows] == ["1e-2", "1e6"]  # the diverged run ranks last
+    assert rows[0]["val_loss"] < float("inf") and rows[1]["val_loss"] != rows[1]["val_loss"]
+    assert "training diverged" in capsys.readouterr().err

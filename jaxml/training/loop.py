@@ -208,31 +208,27 @@ def fit(
             state, saved = ckpt.restore(state)
             position = {"epoch": saved["epoch"], "batch": saved["batch"]}
         steps_per_epoch = train.steps_per_epoch(config.batch_size)
-        bar = progress_bar(
-            config.epochs * steps_per_epoch, initial=int(state.step), enabled=config.progress
-        )
-        loop = _Loop(
-            config,
-            runner,
-            runner.device_state(state),
-            int(state.step),
-            position,
-            steps_per_epoch,
-            logger or RunLogger(None),
-            ckpt,
-            dict(meta or {}),
-            bar,
-        )
+        total = config.epochs * steps_per_epoch
         eval_step = jax.jit(make_eval_step(apply_fn, loss))
         history = []
-        try:
+        with progress_bar(total, initial=int(state.step), enabled=config.progress) as bar:
+            loop = _Loop(
+                config,
+                runner,
+                runner.device_state(state),
+                int(state.step),
+                position,
+                steps_per_epoch,
+                logger or RunLogger(None),
+                ckpt,
+                dict(meta or {}),
+                bar,
+            )
             for epoch in range(position["epoch"], config.epochs):
                 losses = loop.train_epoch(train, epoch)
                 if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                     history.append(loop.validate(eval_step, val, epoch, losses))
             loop.save(force=True)
-        finally:
-            bar.close()
     finally:
         if ckpt is not None:
             ckpt.close()

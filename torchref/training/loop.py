@@ -202,28 +202,26 @@ def fit(
         saved = ckpt.restore(state)
         position = {"epoch": saved["epoch"], "batch": saved["batch"]}
     steps_per_epoch = train.steps_per_epoch(config.batch_size)
-    bar = progress_bar(config.epochs * steps_per_epoch, initial=state.step, enabled=config.progress)
-    loop = _Loop(
-        config,
-        state,
-        position,
-        steps_per_epoch,
-        loss,
-        device,
-        logger or RunLogger(None),
-        ckpt,
-        dict(meta or {}),
-        bar,
-    )
+    total = config.epochs * steps_per_epoch
     history = []
-    try:
+    with progress_bar(total, initial=state.step, enabled=config.progress) as bar:
+        loop = _Loop(
+            config,
+            state,
+            position,
+            steps_per_epoch,
+            loss,
+            device,
+            logger or RunLogger(None),
+            ckpt,
+            dict(meta or {}),
+            bar,
+        )
         for epoch in range(position["epoch"], config.epochs):
             losses = loop.train_epoch(train, epoch)
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 history.append(loop.validate(val, epoch, losses))
         loop.save(force=True)
-    finally:
-        bar.close()
     return FitResult(
         state=state,
         history=history,
