@@ -12,6 +12,8 @@ Convention (also stated in docs/README.md):
   (bash blocks with bash, python blocks with python) in a scratch directory that mirrors the
   repository through symlinks, so what it writes (runs/...) stays there; it must exit 0 within
   RUN_TIMEOUT seconds. Mark only quick blocks.
+- Every relative link `[text](path#anchor)` points to a file that exists, and the anchor to one
+  of its headings (GitHub's slugs).
 Every failure names the file and line the command came from.
 """
 
@@ -268,3 +270,35 @@ def test_runnable_blocks_succeed(block: Block, scratch: Path) -> None:
         f"{block.where}: the `{block.lang}` block marked {RUN_MARK} exited {proc.returncode}\n"
         f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     )
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    found, fenced = set(), False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and (m := re.match(r"^#+ (.*)", line)):
+            found.add(slug(m[1]))
+    return found
+
+
+LINKS = [
+    (f"{path.relative_to(ROOT)}:{number}", path, target)
+    for path in DOCS
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+    for target in re.findall(r"\]\(([^)\s]+)\)", line)
+    if not re.match(r"^[a-z]+:", target)
+]
+
+
+@pytest.mark.parametrize(("where", "path", "target"), LINKS, ids=[w for w, _, _ in LINKS])
+def test_relative_links_resolve(where: str, path: Path, target: str) -> None:
+    file, _, anchor = target.partition("#")
+    linked = (path.parent / file).resolve() if file else path
+    assert linked.exists(), f"{where}: link to {target}: no such file"
+    if anchor:
+        assert anchor in anchors(linked), f"{where}: link to {target}: no heading #{anchor}"
