@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 UNMIRRORED = ROOT / "parity" / "UNMIRRORED.txt"
 JAX_FAMILY = ("jax", "jaxlib", "flax", "optax", "orbax", "chex")
 TORCH_FAMILY = ("torch",)
-# The framework-neutral config modules (jaxml.configs is the package once it exists).
-CONFIG_MODULES = ("jaxml.config", "jaxml.training.config")
+# Importing any module of the package runs jaxml/configs/__init__.py, which imports them all.
+CONFIG_MODULES = ("jaxml.configs",)
 
 LOADED = r"""
 import importlib, json, sys
