@@ -302,3 +302,19 @@ def test_relative_links_resolve(where: str, path: Path, target: str) -> None:
     assert linked.exists(), f"{where}: link to {target}: no such file"
     if anchor:
         assert anchor in anchors(linked), f"{where}: link to {target}: no heading #{anchor}"
+
+
+def test_parity_tolerance_table_matches_the_harness() -> None:
+    """docs/parity.md's table is the one in parity/harness.py, row for row."""
+    from parity.harness import TOLERANCES
+
+    shown: dict[tuple[str, str], float] = {}
+    text = (ROOT / "docs" / "parity.md").read_text(encoding="utf-8")
+    for dtype, devices, tol in re.findall(r"^\| (\w+) ([\w, ]+) \| ([\d.e-]+) \|", text, re.M):
+        names = [d.strip() for d in devices.split(",")]
+        if names == ["any"]:
+            names = [dev for dt, dev in TOLERANCES if dt == dtype]
+        shown.update({(dtype, name): float(tol) for name in names})
+    actual = {key: t.atol for key, t in TOLERANCES.items()}
+    assert all(t.atol == t.rtol for t in TOLERANCES.values()), "the table shows atol = rtol"
+    assert shown == actual, f"docs/parity.md shows {shown}, parity/harness.py has {actual}"
