@@ -153,27 +153,29 @@ MODULE_COMMANDS = [
 ]
 
 # Runs each module as __main__ with argparse's parsing intercepted, and prints the options of the
-# parser it was about to use. One process for all modules, so jax and torch load once.
+# first parser it was about to use. One process for all modules, so jax and torch load once.
 CAPTURE = r"""
 import argparse, json, runpy, sys
 
-class Captured(Exception):
-    pass
+seen = []
 
 def intercept(self, args=None, namespace=None):
-    raise Captured(sorted(s for s in self._option_string_actions if s.startswith("--")))
+    # Record the options, then leave the way `--help` does: entry points that turn other
+    # exceptions into an exit status 1 pass SystemExit(0) on untouched.
+    seen.append(sorted(s for s in self._option_string_actions if s.startswith("--")))
+    raise SystemExit(0)
 
 argparse.ArgumentParser.parse_known_args = intercept
 result = {}
 for module in sys.argv[1:]:
-    sys.argv = [module]
+    sys.argv, seen[:] = [module], []
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
-        result[module] = {"error": "the module ran without parsing any arguments"}
-    except Captured as captured:
-        result[module] = {"flags": captured.args[0]}
     except BaseException as e:
-        result[module] = {"error": f"{type(e).__name__}: {e}"}
+        error = f"{type(e).__name__}: {e}"
+    else:
+        error = "the module ran without parsing any arguments"
+    result[module] = {"flags": seen[0]} if seen else {"error": error}
 print("CAPTURED " + json.dumps(result))
 """
 
