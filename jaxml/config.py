@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ATTENTION_TYPES = ("mha", "mqa", "gqa")
+ATTENTION_KERNELS = ("auto", "dense", "blockwise")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "tanh", "silu")
 FFN_KINDS = ("mlp", "swiglu")
 
@@ -38,6 +39,10 @@ class AttentionConfig:
 
     `num_groups` is the number of key/value heads: mha ⇒ `num_heads`, mqa ⇒ 1,
     gqa ⇒ the given value (default `num_heads // 2`), which must divide `num_heads`.
+    `kernel` names the implementation: `dense` (explicit masked softmax; serves every call),
+    `blockwise` (`flash_attention.causal_attention`: causal self-attention without cache, mask,
+    padding or weights, over whole blocks; any other call is an error) or `auto` (blockwise
+    exactly where it applies, dense elsewhere; the same numbers either way).
     """
 
     embed_dim: int
@@ -48,11 +53,13 @@ class AttentionConfig:
     use_rope: bool = False
     rope_theta: float = 10000.0
     use_bias: bool = True
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         _check_positive(name, embed_dim=self.embed_dim, num_heads=self.num_heads)
         _check_choice(name, "attention_type", self.attention_type, ATTENTION_TYPES)
+        _check_choice(name, "kernel", self.kernel, ATTENTION_KERNELS)
         if self.embed_dim % self.num_heads:
             _fail(
                 name,
