@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 from jaxml.layers import kv_cache
 from jaxml.layers.attention import Attention
 
@@ -72,7 +72,9 @@ def test_wrapping_write_lands_in_the_ring_slots() -> None:
     cache = _new_cache(5, window=3)
     keys = jnp.arange(7, dtype=jnp.float32)[None, :, None, None] * jnp.ones((2, 7, 2, 8))
     cache = kv_cache.append(cache, keys[:, :4], keys[:, :4])
-    assert bool(kv_cache.write_fits(cache, 3).all()) and not bool(kv_cache.write_fits(cache, 4).any())
+    assert bool(kv_cache.write_fits(cache, 3).all()) and not bool(
+        kv_cache.write_fits(cache, 4).any()
+    )
     cache = kv_cache.append(cache, keys[:, 4:], keys[:, 4:])  # positions 4, 5, 6 -> slots 4, 0, 1
     np.testing.assert_array_equal(cache.positions[0], [5, 6, 2, 3, 4])
     np.testing.assert_array_equal(cache.k[0, :, 0, 0], [5, 6, 2, 3, 4])
