@@ -15,8 +15,20 @@ the same noise gives the same tokens in the torchref twin:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
 import jax.numpy as jnp
-from jax import Array
+from jax import Array, lax
+
+from jaxml.layers import kv_cache
+from jaxml.layers.kv_cache import KVCache
+
+# (params, cache, tokens [batch, t], positions [batch, t], mask [batch, t, cache_len])
+#   -> (logits [batch, t, vocab], new cache)
+Step = Callable[[Any, Any, Array, Array, Array], tuple[Array, Any]]
 
 
 def sample_from_probs(probs: Array, noise: Array) -> Array:
@@ -79,3 +91,254 @@ def verify(
     tokens = jnp.concatenate([draft_tokens, draft_tokens[:, -1:]], axis=1).astype(jnp.int32)
     slot = jnp.arange(tokens.shape[1])[None, :] == num_accepted[:, None]
     return jnp.where(slot, added[:, None], tokens), num_accepted
+
+
+# --------------------------------------------------------------------------- the decode loop
+class RoundNoise(NamedTuple):
+    """All the randomness of one round; row r's depends only on its own key and the round."""
+
+    draft: Array  # [batch, k, vocab] Exponential(1): one draw per drafted token
+    uniforms: Array  # [batch, k] U[0, 1): the ratio tests
+    added: Array  # [batch, vocab] Exponential(1): the correction or bonus token
+
+
+def round_noise(keys: Array, round_index: Array, draft_steps: int, vocab: int) -> RoundNoise:
+    """Noise of round `round_index` from per-row keys `[batch]` (so batched == each row alone)."""
+    tiny = jnp.finfo(jnp.float32).tiny  # an exponential draw of exactly 0 would give 0/0
+
+    def row(key: Array) -> RoundNoise:
+        k_draft, k_uniform, k_added = jax.random.split(jax.random.fold_in(key, round_index), 3)
+        return RoundNoise(
+            jnp.maximum(jax.random.exponential(k_draft, (draft_steps, vocab)), tiny),
+            jax.random.uniform(k_uniform, (draft_steps,)),
+            jnp.maximum(jax.random.exponential(k_added, (vocab,)), tiny),
+        )
+
+    return jax.vmap(row)(keys)
+
+
+class SpeculativeStats(NamedTuple):
+    rounds: Array  # int32 [batch]: rounds in which the row was still generating
+    drafted: Array  # int32 [batch]: draft tokens proposed to the row (k per round)
+    accepted: Array  # int32 [batch]: draft tokens that passed the ratio test
+    target_calls: Array  # int32 []: target model calls (prefill + one per round)
+    draft_calls: Array  # int32 []: draft model calls (prefill + k + 1 per round)
+
+    @property
+    def acceptance_rate(self) -> Array:
+        """[batch] accepted / drafted."""
+        return self.accepted / jnp.maximum(self.drafted, 1)
+
+
+class _State(NamedTuple):
+    target_cache: Any
+    draft_cache: Any
+    last: Array  # int32 [batch]: the newest token, emitted but not yet fed to either model
+    tokens: Array  # int32 [batch, max_new_tokens]
+    num_tokens: Array  # int32 [batch]
+    done: Array  # bool [batch]
+    round: Array  # int32 []
+    stats: SpeculativeStats
+
+
+def _first_layer(cache: Any) -> KVCache:
+    return jax.tree.leaves(cache, is_leaf=lambda c: isinstance(c, KVCache))[0]
+
+
+def _call(step: Step, params: Any, cache: Any, tokens: Array) -> tuple[Array, Any]:
+    """Feed `tokens [batch, t]` at each row's next positions; returns (logits, new cache)."""
+    layer, t = _first_layer(cache), tokens.shape[1]
+    positions, mask = kv_cache.next_positions(layer, t), kv_cache.attention_mask(layer, t)
+    return step(params, cache, tokens, positions, mask)
+
+
+def _truncate(cache: Any, lengths: Array) -> Any:
+    return jax.tree.map(
+        lambda c: kv_cache.truncate(c, lengths), cache, is_leaf=lambda c: isinstance(c, KVCache)
+    )
+
+
+def _draft(
+    step: Step,
+    params: Any,
+    cache: Any,
+    last: Array,
+    noise: Array,
+    to_probs: Callable[[Array], Array],
+) -> tuple[Any, Array, Array]:
+    """k cached draft steps from `last`, then feed the k-th draft so the cache holds all of them.
+
+    Returns the cache (k + 1 tokens longer), q [batch, k, vocab] and the drafts int32 [batch, k].
+    """
+
+    def one(
+        carry: tuple[Any, Array], noise_i: Array
+    ) -> tuple[tuple[Any, Array], tuple[Array, Array]]:
+        cache, token = carry
+        logits, cache = _call(step, params, cache, token[:, None])
+        q = to_probs(logits[:, 0])
+        drafted = sample_from_probs(q, noise_i)
+        return (cache, drafted), (q, drafted)
+
+    (cache, last_draft), (q, drafts) = lax.scan(one, (cache, last), jnp.swapaxes(noise, 0, 1))
+    _, cache = _call(step, params, cache, last_draft[:, None])
+    return cache, jnp.swapaxes(q, 0, 1), jnp.swapaxes(drafts, 0, 1)
+
+
+class _Models(NamedTuple):
+    """The static part of a speculative decode (hashable: a `jax.jit` static argument)."""
+
+    target_step: Step
+    draft_step: Step
+    to_probs: Callable[[Array], Array]
+    draft_steps: int
+    eos_id: int | None
+
+
+def _round(
+    models: _Models, vocab: int, params: tuple[Any, Any], keys: Array, state: _State
+) -> _State:
+    """Draft k tokens, score k + 1 positions, keep each row's accepted run plus one, roll back."""
+    k, max_new = models.draft_steps, state.tokens.shape[1]
+    target_params, draft_params = params
+    start = _first_layer(state.target_cache).lengths  # == the draft cache's
+    noise = round_noise(keys, state.round, k, vocab)
+    draft_cache, q, drafts = _draft(
+        models.draft_step, draft_params, state.draft_cache, state.last, noise.draft, models.to_probs
+    )
+    fed = jnp.concatenate([state.last[:, None], drafts], axis=1)  # [batch, k + 1]
+    logits, target_cache = _call(models.target_step, target_params, state.target_cache, fed)
+    tokens, num_accepted = verify(models.to_probs(logits), q, drafts, noise.uniforms, noise.added)
+
+    slot = jnp.arange(k + 1)[None, :]
+    active = ~state.done
+    emit = jnp.where(active, jnp.minimum(num_accepted + 1, max_new - state.num_tokens), 0)
+    ended = jnp.zeros_like(active)
+    if models.eos_id is not None:  # stop after the first EOS inside the emitted run
+        is_eos = (tokens == models.eos_id) & (slot < emit[:, None])
+        ended = jnp.any(is_eos, axis=1)
+        emit = jnp.where(ended, jnp.argmax(is_eos, axis=1) + 1, emit)
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    index = jnp.where(slot < emit[:, None], state.num_tokens[:, None] + slot, max_new)
+    num_tokens = state.num_tokens + emit
+    # the caches keep `last` and the emitted drafts: `emit` fed tokens per row; the newest
+    # emitted token becomes `last`, fed next round
+    lengths = start + emit
+    newest = jnp.take_along_axis(tokens, jnp.maximum(emit - 1, 0)[:, None], axis=1)[:, 0]
+    stats = state.stats
+    return _State(
+        target_cache=_truncate(target_cache, lengths),
+        draft_cache=_truncate(draft_cache, lengths),
+        last=jnp.where(emit > 0, newest, state.last),
+        tokens=state.tokens.at[rows, index].set(tokens, mode="drop"),
+        num_tokens=num_tokens,
+        done=state.done | ended | (num_tokens >= max_new),
+        round=state.round + 1,
+        stats=stats._replace(
+            rounds=stats.rounds + active,
+            drafted=stats.drafted + k * active,
+            accepted=stats.accepted + jnp.where(active, num_accepted, 0),
+        ),
+    )
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _generate(
+    models: _Models,
+    max_new_tokens: int,
+    params: tuple[Any, Any],
+    caches: tuple[Any, Any],
+    prompt: Array,
+    prompt_lengths: Array,
+    keys: Array,
+) -> tuple[Array, Array, SpeculativeStats]:
+    target_logits, target_cache = _call(models.target_step, params[0], caches[0], prompt)
+    draft_logits, draft_cache = _call(models.draft_step, params[1], caches[1], prompt)
+    if target_logits.shape[-1] != draft_logits.shape[-1]:
+        raise ValueError(
+            f"draft vocab_size={draft_logits.shape[-1]} differs from the target's "
+            f"{target_logits.shape[-1]}: speculative decoding needs one shared vocabulary"
+        )
+    # the prefill keeps each row's prompt but its last token, which the first round feeds
+    kept = _first_layer(target_cache).lengths - prompt.shape[1] + prompt_lengths - 1
+    batch = prompt.shape[0]
+    zeros = jnp.zeros((batch,), jnp.int32)
+    state = _State(
+        target_cache=_truncate(target_cache, kept),
+        draft_cache=_truncate(draft_cache, kept),
+        last=jnp.take_along_axis(prompt, (prompt_lengths - 1)[:, None], axis=1)[:, 0],
+        tokens=jnp.zeros((batch, max_new_tokens), jnp.int32),
+        num_tokens=zeros,
+        done=jnp.zeros((batch,), bool),
+        round=jnp.zeros((), jnp.int32),
+        stats=SpeculativeStats(
+            zeros, zeros, zeros, jnp.ones((), jnp.int32), jnp.ones((), jnp.int32)
+        ),
+    )
+    body = partial(_round, models, target_logits.shape[-1], params, keys)
+    state = lax.while_loop(lambda s: ~jnp.all(s.done), body, state)
+    stats = state.stats._replace(
+        target_calls=1 + state.round, draft_calls=1 + (models.draft_steps + 1) * state.round
+    )
+    return state.tokens, state.num_tokens, stats
+
+
+def speculative_generate(
+    target_step: Step,
+    draft_step: Step,
+    target_params: Any,
+    draft_params: Any,
+    target_cache: Any,
+    draft_cache: Any,
+    prompt: Array,
+    prompt_lengths: Array,
+    keys: Array,
+    *,
+    draft_steps: int,
+    max_new_tokens: int,
+    to_probs: Callable[[Array], Array],
+    eos_id: int | None = None,
+) -> tuple[Array, Array, SpeculativeStats]:
+    """Generate up to `max_new_tokens` per row, distributed exactly as sampling the target.
+
+    prompt: int32 [batch, t], right-padded; prompt_lengths: int32 [batch] in 1..t; keys: one
+    PRNG key per row `[batch]` (a row's tokens depend only on its own key). Both caches start
+    empty with room for `t + max_new_tokens + draft_steps - 1` tokens per row. `to_probs` maps
+    logits [..., vocab] to the sampling distribution (temperature, top-k, top-p; one-hot for
+    greedy) and is applied identically to the target and the draft. A row stops after `eos_id`
+    or `max_new_tokens` tokens. Returns tokens int32 [batch, max_new_tokens] (0 past a row's
+    end), num_tokens int32 [batch] and the statistics.
+    """
+    if draft_steps < 1 or max_new_tokens < 1:
+        raise ValueError(
+            f"speculative_generate needs draft_steps >= 1 and max_new_tokens >= 1, "
+            f"got {draft_steps}, {max_new_tokens}"
+        )
+    batch, width = prompt.shape
+    if prompt_lengths.shape != (batch,) or keys.shape != (batch,):
+        raise ValueError(
+            f"prompt_lengths and keys must be [batch]=[{batch}], "
+            f"got {prompt_lengths.shape} and {keys.shape}"
+        )
+    lengths = jax.device_get(prompt_lengths)
+    if lengths.min() < 1 or lengths.max() > width:
+        raise ValueError(f"prompt_lengths must be in 1..{width} (the prompt width), got {lengths}")
+    needed = width + max_new_tokens + draft_steps - 1
+    for name, cache in (("target", target_cache), ("draft", draft_cache)):
+        layer = _first_layer(cache)
+        if layer.window is None and layer.cache_len < needed:
+            raise ValueError(
+                f"the {name} cache holds {layer.cache_len} tokens per row; this run needs "
+                f"prompt width {width} + max_new_tokens {max_new_tokens} + draft_steps "
+                f"{draft_steps} - 1 = {needed}"
+            )
+    models = _Models(target_step, draft_step, to_probs, draft_steps, eos_id)
+    return _generate(
+        models,
+        max_new_tokens,
+        (target_params, draft_params),
+        (target_cache, draft_cache),
+        jnp.asarray(prompt, jnp.int32),
+        jnp.asarray(prompt_lengths, jnp.int32),
+        keys,
+    )

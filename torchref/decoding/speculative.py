@@ -7,7 +7,18 @@ rejection, or a bonus from P when all `k` pass. Given the same noise, the tokens
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
 import torch
+
+from torchref.layers import kv_cache
+from torchref.layers.kv_cache import KVCache
+
+# (params, cache, tokens [batch, t], positions [batch, t], mask [batch, t, cache_len])
+#   -> (logits [batch, t, vocab], new cache)
+Step = Callable[[Any, Any, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]]
 
 
 def sample_from_probs(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -64,3 +75,170 @@ def verify(
         tokens[row, n] = sample_from_probs(probs, noise[row])
         num_accepted[row] = n
     return tokens, num_accepted
+
+
+# --------------------------------------------------------------------------- the decode loop
+class RoundNoise(NamedTuple):
+    """All the randomness of one round (the same layout as jaxml's)."""
+
+    draft: torch.Tensor  # [batch, k, vocab] Exponential(1): one draw per drafted token
+    uniforms: torch.Tensor  # [batch, k] U[0, 1): the ratio tests
+    added: torch.Tensor  # [batch, vocab] Exponential(1): the correction or bonus token
+
+
+def seeded_noise(seeds: list[int], draft_steps: int, vocab: int) -> Callable[[int], RoundNoise]:
+    """Round index -> noise, row r's drawn from a generator seeded by (seeds[r], round)."""
+    tiny = torch.finfo(torch.float32).tiny
+
+    def row(seed: int, round_index: int) -> RoundNoise:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + round_index)
+        draft = torch.empty(draft_steps, vocab).exponential_(generator=gen).clamp_(min=tiny)
+        uniforms = torch.rand(draft_steps, generator=gen)
+        added = torch.empty(vocab).exponential_(generator=gen).clamp_(min=tiny)
+        return RoundNoise(draft, uniforms, added)
+
+    def noise(round_index: int) -> RoundNoise:
+        rows = [row(seed, round_index) for seed in seeds]
+        return RoundNoise(*(torch.stack(parts) for parts in zip(*rows, strict=True)))
+
+    return noise
+
+
+@dataclass
+class SpeculativeStats:
+    rounds: torch.Tensor  # int32 [batch]: rounds in which the row was still generating
+    drafted: torch.Tensor  # int32 [batch]: draft tokens proposed to the row (k per round)
+    accepted: torch.Tensor  # int32 [batch]: draft tokens that passed the ratio test
+    target_calls: int  # prefill + one per round
+    draft_calls: int  # prefill + k + 1 per round
+
+    @property
+    def acceptance_rate(self) -> torch.Tensor:
+        """[batch] accepted / drafted."""
+        return self.accepted / self.drafted.clamp(min=1)
+
+
+def _layers(cache: Any) -> list[KVCache]:
+    return [cache] if isinstance(cache, KVCache) else [c for part in cache for c in _layers(part)]
+
+
+def _truncate(cache: Any, lengths: torch.Tensor) -> Any:
+    if isinstance(cache, KVCache):
+        return kv_cache.truncate(cache, lengths)
+    return type(cache)(_truncate(part, lengths) for part in cache)
+
+
+def _call(step: Step, params: Any, cache: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Feed `tokens [batch, t]` at each row's next positions; returns (logits, new cache)."""
+    layer, t = _layers(cache)[0], tokens.shape[1]
+    positions, mask = kv_cache.next_positions(layer, t), kv_cache.attention_mask(layer, t)
+    return step(params, cache, tokens, positions, mask)
+
+
+def _check_run(
+    prompt: torch.Tensor, prompt_lengths: torch.Tensor, caches: tuple[Any, Any], needed: int
+) -> None:
+    width = prompt.shape[1]
+    if prompt_lengths.shape != (prompt.shape[0],):
+        raise ValueError(
+            f"prompt_lengths must be [batch]=[{prompt.shape[0]}], got {tuple(prompt_lengths.shape)}"
+        )
+    if int(prompt_lengths.min()) < 1 or int(prompt_lengths.max()) > width:
+        raise ValueError(
+            f"prompt_lengths must be in 1..{width} (the prompt width), got {prompt_lengths.tolist()}"
+        )
+    for name, cache in zip(("target", "draft"), caches, strict=True):
+        layer = _layers(cache)[0]
+        if layer.window is None and layer.cache_len < needed:
+            raise ValueError(
+                f"the {name} cache holds {layer.cache_len} tokens per row; this run needs {needed}"
+            )
+
+
+@torch.no_grad()
+def speculative_generate(
+    target_step: Step,
+    draft_step: Step,
+    target_params: Any,
+    draft_params: Any,
+    target_cache: Any,
+    draft_cache: Any,
+    prompt: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    noise: Callable[[int], RoundNoise],
+    *,
+    draft_steps: int,
+    max_new_tokens: int,
+    to_probs: Callable[[torch.Tensor], torch.Tensor],
+    eos_id: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, SpeculativeStats]:
+    """Generate up to `max_new_tokens` per row, distributed exactly as sampling the target.
+
+    Same contract as `jaxml.decoding.speculative.speculative_generate`, with `noise(round)` in
+    place of per-row keys. Returns tokens int64 [batch, max_new_tokens] (0 past a row's end),
+    num_tokens int64 [batch] and the statistics.
+    """
+    if draft_steps < 1 or max_new_tokens < 1:
+        raise ValueError(
+            f"speculative_generate needs draft_steps >= 1 and max_new_tokens >= 1, "
+            f"got {draft_steps}, {max_new_tokens}"
+        )
+    prompt, prompt_lengths = prompt.long(), prompt_lengths.long()
+    k, (batch, width) = draft_steps, prompt.shape
+    _check_run(prompt, prompt_lengths, (target_cache, draft_cache), width + max_new_tokens + k - 1)
+    target_logits, target_cache = _call(target_step, target_params, target_cache, prompt)
+    draft_logits, draft_cache = _call(draft_step, draft_params, draft_cache, prompt)
+    if target_logits.shape[-1] != draft_logits.shape[-1]:
+        raise ValueError(
+            f"draft vocab_size={draft_logits.shape[-1]} differs from the target's "
+            f"{target_logits.shape[-1]}: speculative decoding needs one shared vocabulary"
+        )
+    lengths = _layers(target_cache)[0].lengths.long() - width + prompt_lengths - 1
+    target_cache, draft_cache = _truncate(target_cache, lengths), _truncate(draft_cache, lengths)
+    last = prompt[torch.arange(batch), prompt_lengths - 1]
+    tokens = torch.zeros(batch, max_new_tokens, dtype=torch.long)
+    num_tokens = torch.zeros(batch, dtype=torch.long)
+    done = [False] * batch
+    zeros = torch.zeros(batch, dtype=torch.int32)
+    stats = SpeculativeStats(zeros, zeros.clone(), zeros.clone(), 1, 1)
+    round_index = 0
+    while not all(done):
+        round_noise = noise(round_index)
+        q, drafts, token = [], [], last
+        for i in range(k):
+            logits, draft_cache = _call(draft_step, draft_params, draft_cache, token[:, None])
+            q.append(to_probs(logits[:, 0]))
+            token = sample_from_probs(q[-1], round_noise.draft[:, i])
+            drafts.append(token)
+        _, draft_cache = _call(draft_step, draft_params, draft_cache, token[:, None])
+        fed = torch.stack([last, *drafts], dim=1)
+        logits, target_cache = _call(target_step, target_params, target_cache, fed)
+        round_tokens, num_accepted = verify(
+            to_probs(logits), torch.stack(q, 1), fed[:, 1:], round_noise.uniforms, round_noise.added
+        )
+        for row in range(batch):
+            emit = 0
+            if not done[row]:
+                stats.rounds[row] += 1
+                stats.drafted[row] += k
+                stats.accepted[row] += int(num_accepted[row])
+                budget = max_new_tokens - int(num_tokens[row])
+                for token_id in round_tokens[
+                    row, : min(int(num_accepted[row]) + 1, budget)
+                ].tolist():
+                    tokens[row, num_tokens[row] + emit] = token_id
+                    emit += 1
+                    if token_id == eos_id:
+                        done[row] = True
+                        break
+                num_tokens[row] += emit
+                done[row] = done[row] or int(num_tokens[row]) >= max_new_tokens
+                last[row] = round_tokens[row, emit - 1]
+            lengths[row] += emit
+        target_cache, draft_cache = (
+            _truncate(target_cache, lengths),
+            _truncate(draft_cache, lengths),
+        )
+        round_index += 1
+    stats.target_calls, stats.draft_calls = 1 + round_index, 1 + (k + 1) * round_index
+    return tokens, num_tokens, stats
