@@ -53,8 +53,8 @@ def greedy_probs(logits: Array) -> Array:
     return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=logits.dtype)
 
 
-def new_cache(batch: int, length: int = 32) -> kv_cache.KVCache:
-    return kv_cache.init(batch, length, 1, 1)
+def new_cache(batch: int, length: int = 32, window: int | None = None) -> kv_cache.KVCache:
+    return kv_cache.init(batch, length, 1, 1, window=window)
 
 
 def generate(
@@ -65,15 +65,15 @@ def generate(
     seeds: np.ndarray,
     **kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray, spec.SpeculativeStats]:
-    batch = len(prompt)
+    batch, cache_shape = len(prompt), kwargs.pop("cache_shape", {})
     kwargs.setdefault("to_probs", softmax_probs)
     tokens, num, stats = spec.speculative_generate(
         table_step,
         table_step,
         jnp.log(jnp.asarray(target, jnp.float32)),
         jnp.log(jnp.asarray(draft, jnp.float32)),
-        new_cache(batch),
-        new_cache(batch),
+        new_cache(batch, **cache_shape),
+        new_cache(batch, **cache_shape),
         jnp.asarray(prompt, jnp.int32),
         jnp.asarray(prompt_lengths, jnp.int32),
         jax.vmap(jax.random.key)(jnp.asarray(seeds)),
@@ -184,6 +184,16 @@ def test_greedy_equals_the_target_greedy_output_batched_and_ragged() -> None:
     assert (num == MAX_NEW).all()
     for row, length in enumerate(RAGGED_LENGTHS):
         assert tokens[row].tolist() == greedy_reference(target, list(RAGGED[row, :length]), MAX_NEW)
+
+
+def test_greedy_with_sliding_window_caches_rolls_back_within_the_ring() -> None:
+    target, draft = random_table(2, sharpness=0.5), random_table(3)
+    ring = {"length": 3 + K + 1, "window": 3}  # the table reads one token back: window 3 is plenty
+    tokens, _, _ = run(target, draft, to_probs=greedy_probs, cache_shape=ring)
+    for row, length in enumerate(RAGGED_LENGTHS):
+        assert tokens[row].tolist() == greedy_reference(target, list(RAGGED[row, :length]), MAX_NEW)
+    with pytest.raises(ValueError, match="needs cache_len >= window \\+ draft_steps \\+ 1 = 7"):
+        run(target, draft, cache_shape={"length": 6, "window": 3})
 
 
 def test_batched_equals_each_row_alone_with_the_same_keys() -> None:

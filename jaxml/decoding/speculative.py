@@ -332,6 +332,12 @@ def speculative_generate(
                 f"prompt width {width} + max_new_tokens {max_new_tokens} + draft_steps "
                 f"{draft_steps} - 1 = {needed}"
             )
+        if layer.window is not None and layer.cache_len - layer.window < draft_steps + 1:
+            raise ValueError(
+                f"the {name} cache is a window of {layer.window} in {layer.cache_len} slots; "
+                f"rolling back a round needs cache_len >= window + draft_steps + 1 = "
+                f"{layer.window + draft_steps + 1}"
+            )
     models = _Models(target_step, draft_step, to_probs, draft_steps, eos_id)
     return _generate(
         models,

@@ -136,7 +136,11 @@ def _call(step: Step, params: Any, cache: Any, tokens: torch.Tensor) -> tuple[to
 
 
 def _check_run(
-    prompt: torch.Tensor, prompt_lengths: torch.Tensor, caches: tuple[Any, Any], needed: int
+    prompt: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    caches: tuple[Any, Any],
+    needed: int,
+    rollback: int,
 ) -> None:
     width = prompt.shape[1]
     if prompt_lengths.shape != (prompt.shape[0],):
@@ -152,6 +156,12 @@ def _check_run(
         if layer.window is None and layer.cache_len < needed:
             raise ValueError(
                 f"the {name} cache holds {layer.cache_len} tokens per row; this run needs {needed}"
+            )
+        if layer.window is not None and layer.cache_len - layer.window < rollback:
+            raise ValueError(
+                f"the {name} cache is a window of {layer.window} in {layer.cache_len} slots; "
+                f"rolling back a round needs cache_len >= window + draft_steps + 1 = "
+                f"{layer.window + rollback}"
             )
 
 
@@ -185,7 +195,8 @@ def speculative_generate(
         )
     prompt, prompt_lengths = prompt.long(), prompt_lengths.long()
     k, (batch, width) = draft_steps, prompt.shape
-    _check_run(prompt, prompt_lengths, (target_cache, draft_cache), width + max_new_tokens + k - 1)
+    caches = (target_cache, draft_cache)
+    _check_run(prompt, prompt_lengths, caches, width + max_new_tokens + k - 1, k + 1)
     target_logits, target_cache = _call(target_step, target_params, target_cache, prompt)
     draft_logits, draft_cache = _call(draft_step, draft_params, draft_cache, prompt)
     if target_logits.shape[-1] != draft_logits.shape[-1]:
