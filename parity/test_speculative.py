@@ -103,7 +103,7 @@ def test_the_loop_gives_the_same_tokens_and_statistics(
     t_tokens, t_num, t_stats = torch_generate(target, draft, **kwargs)
     np.testing.assert_array_equal(t_num, num)
     np.testing.assert_array_equal(t_tokens, tokens)
-    for name in ("rounds", "drafted", "accepted"):
+    for name in ("rounds", "drafted", "accepted", "emitted"):
         np.testing.assert_array_equal(getattr(t_stats, name).numpy(), getattr(stats, name))
     assert (t_stats.target_calls, t_stats.draft_calls) == (
         int(stats.target_calls),

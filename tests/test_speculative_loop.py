@@ -243,6 +243,7 @@ def test_statistics_count_rounds_calls_and_acceptance() -> None:
     _, _, stats = run(same, same)
     np.testing.assert_array_equal(stats.acceptance_rate, np.ones(8))  # P == Q accepts all
     np.testing.assert_array_equal(stats.rounds, np.full(8, 3))  # 4 + 4 + 1 tokens
+    np.testing.assert_allclose(stats.tokens_per_round, np.full(8, MAX_NEW / 3))
     assert int(stats.target_calls) == 1 + 3 and int(stats.draft_calls) == 1 + (K + 1) * 3
     _, num, stats = run(random_table(9, 0.2), random_table(10, 0.2))
     rate = np.asarray(stats.acceptance_rate)

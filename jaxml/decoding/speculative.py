@@ -121,6 +121,7 @@ class SpeculativeStats(NamedTuple):
     rounds: Array  # int32 [batch]: rounds in which the row was still generating
     drafted: Array  # int32 [batch]: draft tokens proposed to the row (k per round)
     accepted: Array  # int32 [batch]: draft tokens that passed the ratio test
+    emitted: Array  # int32 [batch]: tokens generated
     target_calls: Array  # int32 []: target model calls (prefill + one per round)
     draft_calls: Array  # int32 []: draft model calls (prefill + k + 1 per round)
 
@@ -128,6 +129,11 @@ class SpeculativeStats(NamedTuple):
     def acceptance_rate(self) -> Array:
         """[batch] accepted / drafted."""
         return self.accepted / jnp.maximum(self.drafted, 1)
+
+    @property
+    def tokens_per_round(self) -> Array:
+        """[batch] emitted / rounds (1..k+1)."""
+        return self.emitted / jnp.maximum(self.rounds, 1)
 
 
 class _State(NamedTuple):
@@ -238,6 +244,7 @@ def _round(
             rounds=stats.rounds + active,
             drafted=stats.drafted + k * active,
             accepted=stats.accepted + jnp.where(active, num_accepted, 0),
+            emitted=num_tokens,
         ),
     )
 

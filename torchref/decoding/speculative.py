@@ -109,6 +109,7 @@ class SpeculativeStats:
     rounds: torch.Tensor  # int32 [batch]: rounds in which the row was still generating
     drafted: torch.Tensor  # int32 [batch]: draft tokens proposed to the row (k per round)
     accepted: torch.Tensor  # int32 [batch]: draft tokens that passed the ratio test
+    emitted: torch.Tensor  # int32 [batch]: tokens generated
     target_calls: int  # prefill + one per round
     draft_calls: int  # prefill + k + 1 per round
 
@@ -116,6 +117,11 @@ class SpeculativeStats:
     def acceptance_rate(self) -> torch.Tensor:
         """[batch] accepted / drafted."""
         return self.accepted / self.drafted.clamp(min=1)
+
+    @property
+    def tokens_per_round(self) -> torch.Tensor:
+        """[batch] emitted / rounds (1..k+1)."""
+        return self.emitted / self.rounds.clamp(min=1)
 
 
 def _layers(cache: Any) -> list[KVCache]:
@@ -211,7 +217,7 @@ def speculative_generate(
     num_tokens = torch.zeros(batch, dtype=torch.long)
     done = [False] * batch
     zeros = torch.zeros(batch, dtype=torch.int32)
-    stats = SpeculativeStats(zeros, zeros.clone(), zeros.clone(), 1, 1)
+    stats = SpeculativeStats(zeros, zeros.clone(), zeros.clone(), zeros.clone(), 1, 1)
     round_index = 0
     while not all(done):
         round_noise = noise(round_index)
@@ -251,5 +257,6 @@ def speculative_generate(
             _truncate(draft_cache, lengths),
         )
         round_index += 1
+    stats.emitted = num_tokens.int()
     stats.target_calls, stats.draft_calls = 1 + round_index, 1 + (k + 1) * round_index
     return tokens, num_tokens, stats
