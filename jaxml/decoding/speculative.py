@@ -278,9 +278,7 @@ def _generate(
         num_tokens=zeros,
         done=jnp.zeros((batch,), bool),
         round=jnp.zeros((), jnp.int32),
-        stats=SpeculativeStats(
-            zeros, zeros, zeros, jnp.ones((), jnp.int32), jnp.ones((), jnp.int32)
-        ),
+        stats=SpeculativeStats(zeros, zeros, zeros, zeros, *2 * [jnp.ones((), jnp.int32)]),
     )
     body = partial(_round, models, target_logits.shape[-1], params, keys)
     state = lax.while_loop(lambda s: ~jnp.all(s.done), body, state)
