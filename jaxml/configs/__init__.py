@@ -8,6 +8,7 @@ num_heads=8`), so a config can be a static `jax.jit` argument.
 """
 
 from jaxml.configs.layers import ACTIVATIONS, ATTENTION_TYPES, FFN_KINDS, AttentionConfig, FFNConfig
+from jaxml.configs.lm import LMConfig, SOTAConfig
 from jaxml.configs.models import CNNConfig, RegressorConfig, TransformerConfig, parse_latent_dims
 from jaxml.configs.training import (
     LOSS_NAMES,
@@ -29,8 +30,10 @@ __all__ = [
     "AttentionConfig",
     "CNNConfig",
     "FFNConfig",
+    "LMConfig",
     "OptimizerConfig",
     "RegressorConfig",
+    "SOTAConfig",
     "TrainConfig",
     "TransformerConfig",
     "parse_latent_dims",
