@@ -9,6 +9,7 @@ num_heads=8`), so a config can be a static `jax.jit` argument.
 
 from jaxml.configs.decoding import DecodeConfig, SamplingConfig
 from jaxml.configs.layers import ACTIVATIONS, ATTENTION_TYPES, FFN_KINDS, AttentionConfig, FFNConfig
+from jaxml.configs.lm import LMConfig, SOTAConfig
 from jaxml.configs.models import CNNConfig, RegressorConfig, TransformerConfig, parse_latent_dims
 from jaxml.configs.training import (
     LOSS_NAMES,
@@ -31,8 +32,10 @@ __all__ = [
     "CNNConfig",
     "DecodeConfig",
     "FFNConfig",
+    "LMConfig",
     "OptimizerConfig",
     "RegressorConfig",
+    "SOTAConfig",
     "SamplingConfig",
     "TrainConfig",
     "TransformerConfig",
