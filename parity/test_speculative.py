@@ -7,6 +7,8 @@ reached mid-round), with jaxml's per-row noise handed to the torch twin round by
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,11 +17,13 @@ import torch
 
 import jaxml.decoding.speculative as spec
 import torchref.decoding.speculative as tspec
+from jaxml.configs import SpeculativeConfig
 from tests.test_speculative_loop import (
     BOS,
     MAX_NEW,
     RAGGED,
     RAGGED_LENGTHS,
+    SAMPLE,
     SEEDS,
     K,
     random_table,
@@ -64,11 +68,10 @@ def torch_table_step(
 
 
 def torch_generate(
-    target: np.ndarray, draft: np.ndarray, **kwargs: object
+    target: np.ndarray, draft: np.ndarray, *, eos_id: int | None, max_new_tokens: int
 ) -> tuple[np.ndarray, np.ndarray, tspec.SpeculativeStats]:
     """`run` on the torch twin, fed jaxml's noise for the same seeds."""
-    kwargs = {"draft_steps": K, "max_new_tokens": MAX_NEW, **kwargs}
-    k, vocab = int(kwargs["draft_steps"]), target.shape[-1]  # type: ignore[call-overload]
+    k, vocab = K, target.shape[-1]
     keys = jax.vmap(jax.random.key)(jnp.asarray(SEEDS))
     round_noise = jax.jit(spec.round_noise, static_argnums=(2, 3))
 
@@ -78,17 +81,16 @@ def torch_generate(
 
     batch = len(RAGGED)
     tokens, num, stats = tspec.speculative_generate(
-        torch_table_step,
-        torch_table_step,
-        torch.log(torch.from_numpy(target).float()),
-        torch.log(torch.from_numpy(draft).float()),
+        partial(torch_table_step, torch.log(torch.from_numpy(target).float())),
+        partial(torch_table_step, torch.log(torch.from_numpy(draft).float())),
         kv_cache.init(batch, 32, 1, 1),
         kv_cache.init(batch, 32, 1, 1),
         torch.from_numpy(RAGGED),
         torch.from_numpy(RAGGED_LENGTHS),
         noise,
-        to_probs=lambda logits: torch.softmax(logits, dim=-1),
-        **kwargs,  # type: ignore[arg-type]
+        config=SpeculativeConfig(draft_steps=k, sampling=SAMPLE),
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
     )
     return tokens.numpy(), num.numpy(), stats
 
@@ -98,9 +100,10 @@ def test_the_loop_gives_the_same_tokens_and_statistics(
     eos_id: int | None, max_new_tokens: int
 ) -> None:
     target, draft = random_table(20, 0.5), random_table(21, 0.5)
-    kwargs = {"eos_id": eos_id, "max_new_tokens": max_new_tokens}
-    tokens, num, stats = run(target, draft, **kwargs)
-    t_tokens, t_num, t_stats = torch_generate(target, draft, **kwargs)
+    tokens, num, stats = run(target, draft, eos_id=eos_id, max_new_tokens=max_new_tokens)
+    t_tokens, t_num, t_stats = torch_generate(
+        target, draft, eos_id=eos_id, max_new_tokens=max_new_tokens
+    )
     np.testing.assert_array_equal(t_num, num)
     np.testing.assert_array_equal(t_tokens, tokens)
     for name in ("rounds", "drafted", "accepted", "emitted"):

@@ -19,6 +19,7 @@ from jax import Array
 from scipy import stats as scipy_stats
 
 import jaxml.decoding.speculative as spec
+from jaxml.configs import SamplingConfig, SpeculativeConfig
 from jaxml.layers import kv_cache
 
 VOCAB = 4
@@ -45,12 +46,7 @@ def random_table(seed: int, sharpness: float = 1.0) -> np.ndarray:
     return rng.dirichlet(np.full(VOCAB, sharpness), size=(VOCAB + 1, VOCAB + 1))
 
 
-def softmax_probs(logits: Array) -> Array:
-    return jax.nn.softmax(logits, axis=-1)
-
-
-def greedy_probs(logits: Array) -> Array:
-    return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=logits.dtype)
+SAMPLE, GREEDY = SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.0)
 
 
 def new_cache(batch: int, length: int = 32, window: int | None = None) -> kv_cache.KVCache:
@@ -63,10 +59,15 @@ def generate(
     prompt: np.ndarray,
     prompt_lengths: np.ndarray,
     seeds: np.ndarray,
-    **kwargs: Any,
+    *,
+    draft_steps: int,
+    max_new_tokens: int,
+    sampling: SamplingConfig = SAMPLE,
+    eos_id: int | None = None,
+    cache_shape: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, spec.SpeculativeStats]:
-    batch, cache_shape = len(prompt), kwargs.pop("cache_shape", {})
-    kwargs.setdefault("to_probs", softmax_probs)
+    batch = len(prompt)
+    cache_shape = cache_shape or {}
     tokens, num, stats = spec.speculative_generate(
         table_step,
         table_step,
@@ -77,9 +78,22 @@ def generate(
         jnp.asarray(prompt, jnp.int32),
         jnp.asarray(prompt_lengths, jnp.int32),
         jax.vmap(jax.random.key)(jnp.asarray(seeds)),
-        **kwargs,
+        config=SpeculativeConfig(draft_steps=draft_steps, sampling=sampling),
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
     )
     return np.asarray(tokens), np.asarray(num), stats
+
+
+def filtered(table: np.ndarray, sampling: SamplingConfig) -> np.ndarray:
+    """Temperature then top-k on a probability table (numpy, for the expected distribution)."""
+    with np.errstate(divide="ignore"):
+        logits = np.log(table) / sampling.temperature
+    if sampling.top_k is not None:
+        kth = np.sort(logits, axis=-1)[..., -sampling.top_k, None]
+        logits = np.where(logits >= kth, logits, -np.inf)
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return weights / weights.sum(axis=-1, keepdims=True)
 
 
 def target_sequence_probs(target: np.ndarray, prompt: tuple[int, ...], length: int) -> np.ndarray:
@@ -108,7 +122,7 @@ def chi_square_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
 SAMPLES = 8192
 
 
-def sampled_pvalue(draft_steps: int, length: int) -> float:
+def sampled_pvalue(draft_steps: int, length: int, sampling: SamplingConfig = SAMPLE) -> float:
     target, draft = random_table(0), random_table(1)
     prompt = np.full((SAMPLES, 1), 2)
     tokens, num, _ = generate(
@@ -119,16 +133,24 @@ def sampled_pvalue(draft_steps: int, length: int) -> float:
         np.arange(SAMPLES),
         draft_steps=draft_steps,
         max_new_tokens=length,
+        sampling=sampling,
     )
     assert (num == length).all()
     counts = np.bincount(sequence_index(tokens), minlength=VOCAB**length)
-    return chi_square_pvalue(counts, target_sequence_probs(target, (2,), length))
+    return chi_square_pvalue(
+        counts, target_sequence_probs(filtered(target, sampling), (2,), length)
+    )
 
 
 def test_sampled_sequences_follow_the_target_distribution() -> None:
     # 8192 seeded rows in one compiled call; 64 cells; a correct sampler fails at p < 1e-4 once
     # in 10^4 runs, and the seeds are fixed, so the test is deterministic
     assert sampled_pvalue(draft_steps=2, length=3) > 1e-4
+
+
+def test_temperature_and_top_k_apply_to_both_models_before_the_ratio_test() -> None:
+    # the output follows the target's filtered distribution (top-3 of 4 tokens at T = 0.7)
+    assert sampled_pvalue(draft_steps=3, length=2, sampling=SamplingConfig(0.7, top_k=3)) > 1e-4
 
 
 def whole_batch_count(accepted: Array) -> Array:
@@ -180,7 +202,7 @@ def run(
 
 def test_greedy_equals_the_target_greedy_output_batched_and_ragged() -> None:
     target, draft = random_table(2, sharpness=0.5), random_table(3)
-    tokens, num, _ = run(target, draft, to_probs=greedy_probs)
+    tokens, num, _ = run(target, draft, sampling=GREEDY)
     assert (num == MAX_NEW).all()
     for row, length in enumerate(RAGGED_LENGTHS):
         assert tokens[row].tolist() == greedy_reference(target, list(RAGGED[row, :length]), MAX_NEW)
@@ -189,7 +211,7 @@ def test_greedy_equals_the_target_greedy_output_batched_and_ragged() -> None:
 def test_greedy_with_sliding_window_caches_rolls_back_within_the_ring() -> None:
     target, draft = random_table(2, sharpness=0.5), random_table(3)
     ring = {"length": 3 + K + 1, "window": 3}  # the table reads one token back: window 3 is plenty
-    tokens, _, _ = run(target, draft, to_probs=greedy_probs, cache_shape=ring)
+    tokens, _, _ = run(target, draft, sampling=GREEDY, cache_shape=ring)
     for row, length in enumerate(RAGGED_LENGTHS):
         assert tokens[row].tolist() == greedy_reference(target, list(RAGGED[row, :length]), MAX_NEW)
     with pytest.raises(ValueError, match="needs cache_len >= window \\+ draft_steps \\+ 1 = 7"):

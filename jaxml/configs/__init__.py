@@ -11,6 +11,7 @@ from jaxml.configs.decoding import DecodeConfig, SamplingConfig
 from jaxml.configs.layers import ACTIVATIONS, ATTENTION_TYPES, FFN_KINDS, AttentionConfig, FFNConfig
 from jaxml.configs.lm import LMConfig, SOTAConfig
 from jaxml.configs.models import CNNConfig, RegressorConfig, TransformerConfig, parse_latent_dims
+from jaxml.configs.speculative import SpeculativeConfig
 from jaxml.configs.training import (
     LOSS_NAMES,
     OPTIMIZERS,
@@ -37,6 +38,7 @@ __all__ = [
     "RegressorConfig",
     "SOTAConfig",
     "SamplingConfig",
+    "SpeculativeConfig",
     "TrainConfig",
     "TransformerConfig",
     "parse_latent_dims",

@@ -15,7 +15,6 @@ the same noise gives the same tokens in the torchref twin:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -23,12 +22,17 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
+from jaxml.configs import SamplingConfig, SpeculativeConfig
+from jaxml.decoding.loop import StepFn, layer_caches, map_caches, run_step
+from jaxml.decoding.sampling import probabilities
 from jaxml.layers import kv_cache
-from jaxml.layers.kv_cache import KVCache
 
-# (params, cache, tokens [batch, t], positions [batch, t], mask [batch, t, cache_len])
-#   -> (logits [batch, t, vocab], new cache)
-Step = Callable[[Any, Any, Array, Array, Array], tuple[Array, Any]]
+
+def distribution(logits: Array, sampling: SamplingConfig) -> Array:
+    """P or Q from logits `[..., vocab]`: `sampling.probabilities`, one-hot on the argmax if greedy."""
+    if sampling.greedy:
+        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+    return probabilities(logits, sampling)
 
 
 def sample_from_probs(probs: Array, noise: Array) -> Array:
@@ -147,30 +151,12 @@ class _State(NamedTuple):
     stats: SpeculativeStats
 
 
-def _first_layer(cache: Any) -> KVCache:
-    return jax.tree.leaves(cache, is_leaf=lambda c: isinstance(c, KVCache))[0]
-
-
-def _call(step: Step, params: Any, cache: Any, tokens: Array) -> tuple[Array, Any]:
-    """Feed `tokens [batch, t]` at each row's next positions; returns (logits, new cache)."""
-    layer, t = _first_layer(cache), tokens.shape[1]
-    positions, mask = kv_cache.next_positions(layer, t), kv_cache.attention_mask(layer, t)
-    return step(params, cache, tokens, positions, mask)
-
-
 def _truncate(cache: Any, lengths: Array) -> Any:
-    return jax.tree.map(
-        lambda c: kv_cache.truncate(c, lengths), cache, is_leaf=lambda c: isinstance(c, KVCache)
-    )
+    return map_caches(lambda c: kv_cache.truncate(c, lengths), cache)
 
 
 def _draft(
-    step: Step,
-    params: Any,
-    cache: Any,
-    last: Array,
-    noise: Array,
-    to_probs: Callable[[Array], Array],
+    step: StepFn, params: Any, cache: Any, last: Array, noise: Array, sampling: SamplingConfig
 ) -> tuple[Any, Array, Array]:
     """k cached draft steps from `last`, then feed the k-th draft so the cache holds all of them.
 
@@ -181,23 +167,22 @@ def _draft(
         carry: tuple[Any, Array], noise_i: Array
     ) -> tuple[tuple[Any, Array], tuple[Array, Array]]:
         cache, token = carry
-        logits, cache = _call(step, params, cache, token[:, None])
-        q = to_probs(logits[:, 0])
+        logits, cache = run_step(step, params, cache, token[:, None])
+        q = distribution(logits[:, 0], sampling)
         drafted = sample_from_probs(q, noise_i)
         return (cache, drafted), (q, drafted)
 
     (cache, last_draft), (q, drafts) = lax.scan(one, (cache, last), jnp.swapaxes(noise, 0, 1))
-    _, cache = _call(step, params, cache, last_draft[:, None])
+    _, cache = run_step(step, params, cache, last_draft[:, None])
     return cache, jnp.swapaxes(q, 0, 1), jnp.swapaxes(drafts, 0, 1)
 
 
 class _Models(NamedTuple):
     """The static part of a speculative decode (hashable: a `jax.jit` static argument)."""
 
-    target_step: Step
-    draft_step: Step
-    to_probs: Callable[[Array], Array]
-    draft_steps: int
+    target_step: StepFn
+    draft_step: StepFn
+    config: SpeculativeConfig
     eos_id: int | None
 
 
@@ -205,16 +190,18 @@ def _round(
     models: _Models, vocab: int, params: tuple[Any, Any], keys: Array, state: _State
 ) -> _State:
     """Draft k tokens, score k + 1 positions, keep each row's accepted run plus one, roll back."""
-    k, max_new = models.draft_steps, state.tokens.shape[1]
+    k, sampling = models.config.draft_steps, models.config.sampling
+    max_new = state.tokens.shape[1]
     target_params, draft_params = params
-    start = _first_layer(state.target_cache).lengths  # == the draft cache's
+    start = layer_caches(state.target_cache)[0].lengths  # == the draft cache's
     noise = round_noise(keys, state.round, k, vocab)
     draft_cache, q, drafts = _draft(
-        models.draft_step, draft_params, state.draft_cache, state.last, noise.draft, models.to_probs
+        models.draft_step, draft_params, state.draft_cache, state.last, noise.draft, sampling
     )
     fed = jnp.concatenate([state.last[:, None], drafts], axis=1)  # [batch, k + 1]
-    logits, target_cache = _call(models.target_step, target_params, state.target_cache, fed)
-    tokens, num_accepted = verify(models.to_probs(logits), q, drafts, noise.uniforms, noise.added)
+    logits, target_cache = run_step(models.target_step, target_params, state.target_cache, fed)
+    p = distribution(logits, sampling)
+    tokens, num_accepted = verify(p, q, drafts, noise.uniforms, noise.added)
 
     slot = jnp.arange(k + 1)[None, :]
     active = ~state.done
@@ -259,15 +246,15 @@ def _generate(
     prompt_lengths: Array,
     keys: Array,
 ) -> tuple[Array, Array, SpeculativeStats]:
-    target_logits, target_cache = _call(models.target_step, params[0], caches[0], prompt)
-    draft_logits, draft_cache = _call(models.draft_step, params[1], caches[1], prompt)
+    target_logits, target_cache = run_step(models.target_step, params[0], caches[0], prompt)
+    draft_logits, draft_cache = run_step(models.draft_step, params[1], caches[1], prompt)
     if target_logits.shape[-1] != draft_logits.shape[-1]:
         raise ValueError(
             f"draft vocab_size={draft_logits.shape[-1]} differs from the target's "
             f"{target_logits.shape[-1]}: speculative decoding needs one shared vocabulary"
         )
     # the prefill keeps each row's prompt but its last token, which the first round feeds
-    kept = _first_layer(target_cache).lengths - prompt.shape[1] + prompt_lengths - 1
+    kept = layer_caches(target_cache)[0].lengths - prompt.shape[1] + prompt_lengths - 1
     batch = prompt.shape[0]
     zeros = jnp.zeros((batch,), jnp.int32)
     state = _State(
@@ -283,14 +270,14 @@ def _generate(
     body = partial(_round, models, target_logits.shape[-1], params, keys)
     state = lax.while_loop(lambda s: ~jnp.all(s.done), body, state)
     stats = state.stats._replace(
-        target_calls=1 + state.round, draft_calls=1 + (models.draft_steps + 1) * state.round
+        target_calls=1 + state.round, draft_calls=1 + (models.config.draft_steps + 1) * state.round
     )
     return state.tokens, state.num_tokens, stats
 
 
 def speculative_generate(
-    target_step: Step,
-    draft_step: Step,
+    target_step: StepFn,
+    draft_step: StepFn,
     target_params: Any,
     draft_params: Any,
     target_cache: Any,
@@ -299,26 +286,22 @@ def speculative_generate(
     prompt_lengths: Array,
     keys: Array,
     *,
-    draft_steps: int,
+    config: SpeculativeConfig,
     max_new_tokens: int,
-    to_probs: Callable[[Array], Array],
     eos_id: int | None = None,
 ) -> tuple[Array, Array, SpeculativeStats]:
     """Generate up to `max_new_tokens` per row, distributed exactly as sampling the target.
 
     prompt: int32 [batch, t], right-padded; prompt_lengths: int32 [batch] in 1..t; keys: one
     PRNG key per row `[batch]` (a row's tokens depend only on its own key). Both caches start
-    empty with room for `t + max_new_tokens + draft_steps - 1` tokens per row. `to_probs` maps
-    logits [..., vocab] to the sampling distribution (temperature, top-k, top-p; one-hot for
-    greedy) and is applied identically to the target and the draft. A row stops after `eos_id`
-    or `max_new_tokens` tokens. Returns tokens int32 [batch, max_new_tokens] (0 past a row's
+    empty with room for `t + max_new_tokens + k - 1` tokens per row (`k = config.draft_steps`).
+    `config.sampling` (temperature, top-k, top-p, min-p; greedy at temperature 0) turns both
+    models' logits into P and Q alike. A row stops after `eos_id` or `max_new_tokens` tokens. Returns tokens int32 [batch, max_new_tokens] (0 past a row's
     end), num_tokens int32 [batch] and the statistics.
     """
-    if draft_steps < 1 or max_new_tokens < 1:
-        raise ValueError(
-            f"speculative_generate needs draft_steps >= 1 and max_new_tokens >= 1, "
-            f"got {draft_steps}, {max_new_tokens}"
-        )
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} is invalid: must be >= 1")
+    draft_steps = config.draft_steps
     batch, width = prompt.shape
     if prompt_lengths.shape != (batch,) or keys.shape != (batch,):
         raise ValueError(
@@ -330,7 +313,7 @@ def speculative_generate(
         raise ValueError(f"prompt_lengths must be in 1..{width} (the prompt width), got {lengths}")
     needed = width + max_new_tokens + draft_steps - 1
     for name, cache in (("target", target_cache), ("draft", draft_cache)):
-        layer = _first_layer(cache)
+        layer = layer_caches(cache)[0]
         if layer.window is None and layer.cache_len < needed:
             raise ValueError(
                 f"the {name} cache holds {layer.cache_len} tokens per row; this run needs "
@@ -343,7 +326,7 @@ def speculative_generate(
                 f"rolling back a round needs cache_len >= window + draft_steps + 1 = "
                 f"{layer.window + draft_steps + 1}"
             )
-    models = _Models(target_step, draft_step, to_probs, draft_steps, eos_id)
+    models = _Models(target_step, draft_step, config, eos_id)
     return _generate(
         models,
         max_new_tokens,

@@ -13,12 +13,18 @@ from typing import Any, NamedTuple
 
 import torch
 
+from jaxml.configs import SamplingConfig, SpeculativeConfig
+from torchref.decoding.loop import StepFn, layer_caches, map_caches, run_step
+from torchref.decoding.sampling import probabilities
 from torchref.layers import kv_cache
-from torchref.layers.kv_cache import KVCache
 
-# (params, cache, tokens [batch, t], positions [batch, t], mask [batch, t, cache_len])
-#   -> (logits [batch, t, vocab], new cache)
-Step = Callable[[Any, Any, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]]
+
+def distribution(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """P or Q from logits `[..., vocab]`: `sampling.probabilities`, one-hot on the argmax if greedy."""
+    if sampling.greedy:
+        one_hot = torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1])
+        return one_hot.to(torch.float32)
+    return probabilities(logits, sampling)
 
 
 def sample_from_probs(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -124,21 +130,8 @@ class SpeculativeStats:
         return self.emitted / self.rounds.clamp(min=1)
 
 
-def _layers(cache: Any) -> list[KVCache]:
-    return [cache] if isinstance(cache, KVCache) else [c for part in cache for c in _layers(part)]
-
-
 def _truncate(cache: Any, lengths: torch.Tensor) -> Any:
-    if isinstance(cache, KVCache):
-        return kv_cache.truncate(cache, lengths)
-    return type(cache)(_truncate(part, lengths) for part in cache)
-
-
-def _call(step: Step, params: Any, cache: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """Feed `tokens [batch, t]` at each row's next positions; returns (logits, new cache)."""
-    layer, t = _layers(cache)[0], tokens.shape[1]
-    positions, mask = kv_cache.next_positions(layer, t), kv_cache.attention_mask(layer, t)
-    return step(params, cache, tokens, positions, mask)
+    return map_caches(lambda c: kv_cache.truncate(c, lengths), cache)
 
 
 def _check_run(
@@ -158,7 +151,7 @@ def _check_run(
             f"prompt_lengths must be in 1..{width} (the prompt width), got {prompt_lengths.tolist()}"
         )
     for name, cache in zip(("target", "draft"), caches, strict=True):
-        layer = _layers(cache)[0]
+        layer = layer_caches(cache)[0]
         if layer.window is None and layer.cache_len < needed:
             raise ValueError(
                 f"the {name} cache holds {layer.cache_len} tokens per row; this run needs {needed}"
@@ -173,44 +166,39 @@ def _check_run(
 
 @torch.no_grad()
 def speculative_generate(
-    target_step: Step,
-    draft_step: Step,
-    target_params: Any,
-    draft_params: Any,
+    target_step: StepFn,
+    draft_step: StepFn,
     target_cache: Any,
     draft_cache: Any,
     prompt: torch.Tensor,
     prompt_lengths: torch.Tensor,
     noise: Callable[[int], RoundNoise],
     *,
-    draft_steps: int,
+    config: SpeculativeConfig,
     max_new_tokens: int,
-    to_probs: Callable[[torch.Tensor], torch.Tensor],
     eos_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, SpeculativeStats]:
     """Generate up to `max_new_tokens` per row, distributed exactly as sampling the target.
 
-    Same contract as `jaxml.decoding.speculative.speculative_generate`, with `noise(round)` in
-    place of per-row keys. Returns tokens int64 [batch, max_new_tokens] (0 past a row's end),
+    Same contract as `jaxml.decoding.speculative.speculative_generate`, with steps that hold
+    their parameters (`step(cache, tokens, positions, mask)`, as in `torchref.decoding.loop`) and
+    `noise(round)` in place of per-row keys. Returns tokens int64 [batch, max_new_tokens] (0 past a row's end),
     num_tokens int64 [batch] and the statistics.
     """
-    if draft_steps < 1 or max_new_tokens < 1:
-        raise ValueError(
-            f"speculative_generate needs draft_steps >= 1 and max_new_tokens >= 1, "
-            f"got {draft_steps}, {max_new_tokens}"
-        )
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} is invalid: must be >= 1")
     prompt, prompt_lengths = prompt.long(), prompt_lengths.long()
-    k, (batch, width) = draft_steps, prompt.shape
+    (k, sampling), (batch, width) = (config.draft_steps, config.sampling), prompt.shape
     caches = (target_cache, draft_cache)
     _check_run(prompt, prompt_lengths, caches, width + max_new_tokens + k - 1, k + 1)
-    target_logits, target_cache = _call(target_step, target_params, target_cache, prompt)
-    draft_logits, draft_cache = _call(draft_step, draft_params, draft_cache, prompt)
+    target_logits, target_cache = run_step(target_step, target_cache, prompt)
+    draft_logits, draft_cache = run_step(draft_step, draft_cache, prompt)
     if target_logits.shape[-1] != draft_logits.shape[-1]:
         raise ValueError(
             f"draft vocab_size={draft_logits.shape[-1]} differs from the target's "
             f"{target_logits.shape[-1]}: speculative decoding needs one shared vocabulary"
         )
-    lengths = _layers(target_cache)[0].lengths.long() - width + prompt_lengths - 1
+    lengths = layer_caches(target_cache)[0].lengths.long() - width + prompt_lengths - 1
     target_cache, draft_cache = _truncate(target_cache, lengths), _truncate(draft_cache, lengths)
     last = prompt[torch.arange(batch), prompt_lengths - 1]
     tokens = torch.zeros(batch, max_new_tokens, dtype=torch.long)
@@ -223,15 +211,16 @@ def speculative_generate(
         round_noise = noise(round_index)
         q, drafts, token = [], [], last
         for i in range(k):
-            logits, draft_cache = _call(draft_step, draft_params, draft_cache, token[:, None])
-            q.append(to_probs(logits[:, 0]))
+            logits, draft_cache = run_step(draft_step, draft_cache, token[:, None])
+            q.append(distribution(logits[:, 0], sampling))
             token = sample_from_probs(q[-1], round_noise.draft[:, i])
             drafts.append(token)
-        _, draft_cache = _call(draft_step, draft_params, draft_cache, token[:, None])
+        _, draft_cache = run_step(draft_step, draft_cache, token[:, None])
         fed = torch.stack([last, *drafts], dim=1)
-        logits, target_cache = _call(target_step, target_params, target_cache, fed)
+        logits, target_cache = run_step(target_step, target_cache, fed)
+        p, q_all = distribution(logits, sampling), torch.stack(q, 1)
         round_tokens, num_accepted = verify(
-            to_probs(logits), torch.stack(q, 1), fed[:, 1:], round_noise.uniforms, round_noise.added
+            p, q_all, fed[:, 1:], round_noise.uniforms, round_noise.added
         )
         for row in range(batch):
             emit = 0
