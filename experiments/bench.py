@@ -89,7 +89,7 @@ def attention_flops(batch: int, seq: int, embed: int, heads: int, groups: int) -
 def attention_case(
     batch: int, seq: int, embed: int, heads: int, attention_type: str, args: argparse.Namespace
 ) -> Row:
-    from jaxml.config import AttentionConfig
+    from jaxml.configs import AttentionConfig
     from jaxml.layers.attention import Attention
     from torchref.convert import load_jaxml_params
     from torchref.layers.attention import Attention as TorchAttention

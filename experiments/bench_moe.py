@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import torch
 
-from jaxml.config import FFNConfig
+from jaxml.configs import FFNConfig
 from jaxml.layers.ffn import make_ffn
 from jaxml.layers.moe import MoE
 from torchref.convert import load_jaxml_params

@@ -27,7 +27,7 @@ from experiments.common import (
     train,
     train_config,
 )
-from jaxml.config import CNNConfig, parse_latent_dims
+from jaxml.configs import CNNConfig, parse_latent_dims
 from jaxml.data.cifar import load_cifar10
 from jaxml.data.digits import load_digits
 from jaxml.data.loader import ArrayDataset

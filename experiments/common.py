@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from jaxml.data.loader import ArrayDataset
-from jaxml.training.config import (
+from jaxml.configs import (
     OPTIMIZERS,
     PARALLEL_MODES,
     SCHEDULES,
     OptimizerConfig,
     TrainConfig,
 )
+from jaxml.data.loader import ArrayDataset
 from jaxml.training.logging import RunLogger
 
 BACKENDS = ("jax", "torch")

@@ -35,7 +35,7 @@ from experiments.common import (
     train,
     train_config,
 )
-from jaxml.config import FFNConfig, RegressorConfig, TransformerConfig, parse_latent_dims
+from jaxml.configs import FFNConfig, RegressorConfig, TransformerConfig, parse_latent_dims
 from jaxml.data import synthetic
 from jaxml.data.loader import ArrayDataset
 from jaxml.training.logging import RunLogger, prediction_figure

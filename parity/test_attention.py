@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 from jaxml.layers.attention import Attention
 from parity.harness import assert_close, check_parity, to_torch, tolerance
 from torchref.layers.attention import Attention as TorchAttention

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxml.config import AttentionConfig, FFNConfig
+from jaxml.configs import AttentionConfig, FFNConfig
 from jaxml.layers.attention import Attention
 from jaxml.layers.ffn import SwiGLU
 from torchref.convert import from_state_dict, jaxml_params_from, load_jaxml_params, to_state_dict

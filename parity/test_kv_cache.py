@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 from jaxml.layers.attention import Attention
 from jaxml.layers.kv_cache import init_kv_cache
 from parity.harness import assert_close, to_torch, tolerance

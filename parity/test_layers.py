@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxml.config import FFNConfig
+from jaxml.configs import FFNConfig
 from jaxml.layers import ffn as jffn
 from jaxml.layers import norms as jnorms
 from jaxml.layers import positions as jpos

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxml.config import CNNConfig
+from jaxml.configs import CNNConfig
 from jaxml.models import cnn as jcnn
 from parity.harness import check_parity
 from torchref.convert import jaxml_params_from

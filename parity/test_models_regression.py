@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxml.config import RegressorConfig
+from jaxml.configs import RegressorConfig
 from jaxml.models import regression as jreg
 from parity.harness import check_parity
 from torchref.models import regression as treg

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxml.config import FFNConfig, TransformerConfig
+from jaxml.configs import FFNConfig, TransformerConfig
 from jaxml.models import generation as jgen
 from jaxml.models import transformer as jtr
 from parity.harness import assert_close, check_parity, to_torch, tolerance

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxml.config import FFNConfig
+from jaxml.configs import FFNConfig
 from jaxml.layers.moe import MoE
 from parity.harness import assert_close, check_parity, to_torch, tolerance
 from torchref.convert import load_jaxml_params

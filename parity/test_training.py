@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from jaxml.config import RegressorConfig, TransformerConfig
+from jaxml.configs import OptimizerConfig, RegressorConfig, TransformerConfig
 from jaxml.data.loader import ArrayDataset
 from jaxml.data.synthetic import polynomial, sequence_sum
 from jaxml.models.regression import MLPRegressor
 from jaxml.models.transformer import TransformerModel
-from jaxml.training.config import OptimizerConfig
 from jaxml.training.losses import module_apply
 from jaxml.training.optim import make_optimizer, make_schedule
 from jaxml.training.state import TrainState, init_params

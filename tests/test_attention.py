@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 from jaxml.layers.attention import Attention, causal_mask
 
 EMBED, HEADS, SEQ = 32, 4, 7

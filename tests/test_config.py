@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jaxml.config import AttentionConfig, FFNConfig
+from jaxml.configs import AttentionConfig, FFNConfig
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ from jaxml.config import AttentionConfig, FFNConfig
         ),
         (dict(embed_dim=12, num_heads=4, use_rope=True), r"use_rope=True .*even head_dim"),
         (dict(embed_dim=32, num_heads=4, rope_theta=0.0), r"rope_theta=0.0"),
-        (dict(embed_dim=32.0, num_heads=4), r"embed_dim=32.0 .*positive integer"),
+        (dict(embed_dim=32.0, num_heads=4), r"embed_dim=32.0 .*integer"),
     ],
 )
 def test_attention_config_rejects(kwargs: dict, match: str) -> None:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 from jaxml.layers.attention import Attention, causal_mask, dot_product_attention
 from jaxml.layers.flash_attention import causal_attention, pick_block_size
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 from jaxml.layers.attention import Attention
 from jaxml.layers.kv_cache import append_kv, init_kv_cache
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxml.config import CNNConfig
+from jaxml.configs import CNNConfig
 from jaxml.models import CNNClassifier
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxml.config import RegressorConfig, parse_latent_dims
+from jaxml.configs import RegressorConfig, parse_latent_dims
 from jaxml.models import LinearRegressor, MLPRegressor
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxml.config import FFNConfig, TransformerConfig
+from jaxml.configs import FFNConfig, TransformerConfig
 from jaxml.models import (
     AutoregressiveTransformerModel,
     EncoderDecoder,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxml.config import FFNConfig
+from jaxml.configs import FFNConfig
 from jaxml.interop.mixtral import (
     load_mixtral_moe,
     mixtral_moe_config,

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from jaxml.config import RegressorConfig
+from jaxml.configs import OptimizerConfig, RegressorConfig, TrainConfig
 from jaxml.data.synthetic import polynomial
 from jaxml.models.regression import MLPRegressor
 from jaxml.training.checkpoint import Checkpointer
-from jaxml.training.config import OptimizerConfig, TrainConfig
 from jaxml.training.logging import RunLogger
 from jaxml.training.loop import fit
 from torchref.models.regression import MLPRegressor as TorchMLP

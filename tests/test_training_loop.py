@@ -9,11 +9,16 @@ import jax
 import numpy as np
 import torch
 
-from jaxml.config import FFNConfig, RegressorConfig, TransformerConfig
+from jaxml.configs import (
+    FFNConfig,
+    OptimizerConfig,
+    RegressorConfig,
+    TrainConfig,
+    TransformerConfig,
+)
 from jaxml.data.synthetic import polynomial, sequence_sum
 from jaxml.models.regression import MLPRegressor
 from jaxml.models.transformer import TransformerModel
-from jaxml.training.config import OptimizerConfig, TrainConfig
 from jaxml.training.logging import RunLogger, read_events
 from jaxml.training.loop import fit, predict
 from jaxml.training.losses import module_apply

@@ -9,7 +9,7 @@ import optax
 import pytest
 import torch
 
-from jaxml.training.config import OptimizerConfig, TrainConfig
+from jaxml.configs import OptimizerConfig, TrainConfig
 from jaxml.training.optim import make_optimizer, make_schedule
 from torchref.training.optim import lr_factor, make_scheduler
 from torchref.training.optim import make_optimizer as make_torch_optimizer

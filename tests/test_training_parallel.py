@@ -10,12 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxml.config import RegressorConfig, TransformerConfig
+from jaxml.configs import OptimizerConfig, RegressorConfig, TrainConfig, TransformerConfig
 from jaxml.data.loader import Batch
 from jaxml.data.synthetic import polynomial, sequence_sum
 from jaxml.models.regression import MLPRegressor
 from jaxml.models.transformer import TransformerModel
-from jaxml.training.config import OptimizerConfig, TrainConfig
 from jaxml.training.loop import fit
 from jaxml.training.losses import module_apply
 from jaxml.training.optim import make_optimizer, make_schedule

@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
+from jaxml.configs import OptimizerConfig
 from jaxml.data.loader import Batch
-from jaxml.training.config import OptimizerConfig
 from jaxml.training.losses import cross_entropy, module_apply, mse, objective
 from jaxml.training.optim import make_optimizer, make_schedule
 from jaxml.training.state import TrainState, init_params

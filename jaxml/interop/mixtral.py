@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from jaxml.config import FFNConfig
+from jaxml.configs import FFNConfig
 
 BLOCK = "block_sparse_moe."
 EXPERT_WEIGHTS = ("w1", "w2", "w3")

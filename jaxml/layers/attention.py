@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 from jaxml.layers import flash_attention
 from jaxml.layers.kv_cache import KVCache, append_kv
 from jaxml.layers.positions import apply_rope

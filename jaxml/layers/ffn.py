@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 from jax import Array
 
-from jaxml.config import FFNConfig
+from jaxml.configs import FFNConfig
 
 ACTIVATION_FNS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import Array, lax
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 
 
 class KVCache(NamedTuple):

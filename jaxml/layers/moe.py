@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from jaxml.config import FFNConfig
+from jaxml.configs import FFNConfig
 from jaxml.layers.ffn import ACTIVATION_FNS, make_ffn
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 from jax import Array
 
-from jaxml.config import CNNConfig
+from jaxml.configs import CNNConfig
 from jaxml.layers.ffn import ACTIVATION_FNS
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from jaxml.config import TransformerConfig
+from jaxml.configs import TransformerConfig
 from jaxml.models.transformer import AutoregressiveTransformerModel, EncoderDecoder
 
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
-from jaxml.config import FFNConfig, TransformerConfig
+from jaxml.configs import FFNConfig, TransformerConfig
 from jaxml.layers.attention import Attention
 from jaxml.layers.ffn import make_ffn
 from jaxml.layers.moe import MoE

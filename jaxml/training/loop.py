@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import optax
 
+from jaxml.configs import TrainConfig
 from jaxml.data.loader import ArrayDataset
 from jaxml.training.checkpoint import Checkpointer
-from jaxml.training.config import TrainConfig
 from jaxml.training.logging import RunLogger, progress_bar
 from jaxml.training.losses import ApplyFn, check_loss, module_apply, split_output
 from jaxml.training.optim import make_optimizer, make_schedule

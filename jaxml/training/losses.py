@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
+from jaxml.configs import LOSS_NAMES
 from jaxml.data.loader import Batch
-from jaxml.training.config import LOSS_NAMES
 
 Metrics = dict[str, Array]
 

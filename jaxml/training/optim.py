@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import optax
 
-from jaxml.training.config import OptimizerConfig
+from jaxml.configs import OptimizerConfig
 
 
 def make_schedule(config: OptimizerConfig) -> optax.Schedule:

@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxml.configs import PARALLEL_MODES
 from jaxml.data.loader import Batch
-from jaxml.training.config import PARALLEL_MODES
 from jaxml.training.losses import ApplyFn, Metrics
 from jaxml.training.state import TrainState
 from jaxml.training.step import make_train_step

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 from torchref.layers.kv_cache import KVCache, append_kv
 from torchref.layers.positions import apply_rope
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from jaxml.config import AttentionConfig
+from jaxml.configs import AttentionConfig
 
 
 class KVCache(NamedTuple):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jaxml.config import FFNConfig
+from jaxml.configs import FFNConfig
 from torchref.layers.ffn import ACTIVATION_FNS, make_ffn
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jaxml.config import CNNConfig
+from jaxml.configs import CNNConfig
 from torchref.layers.ffn import ACTIVATION_FNS
 
 

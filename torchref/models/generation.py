@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from jaxml.config import TransformerConfig
+from jaxml.configs import TransformerConfig
 from torchref.models.transformer import AutoregressiveTransformerModel, EncoderDecoder
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jaxml.config import RegressorConfig
+from jaxml.configs import RegressorConfig
 from torchref.layers.ffn import ACTIVATION_FNS
 
 

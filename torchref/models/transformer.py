@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jaxml.config import FFNConfig, TransformerConfig
+from jaxml.configs import FFNConfig, TransformerConfig
 from torchref.layers.attention import Attention
 from torchref.layers.ffn import make_ffn
 from torchref.layers.moe import MoE

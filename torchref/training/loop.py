@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from jaxml.configs import TrainConfig
 from jaxml.data.loader import ArrayDataset
-from jaxml.training.config import TrainConfig
 from jaxml.training.logging import RunLogger, progress_bar
 from torchref.training.checkpoint import Checkpointer
 from torchref.training.losses import check_loss, split_output

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from jaxml.training.config import LOSS_NAMES
+from jaxml.configs import LOSS_NAMES
 
 Metrics = dict[str, torch.Tensor]
 

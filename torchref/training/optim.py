@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, StepLR
 
-from jaxml.training.config import OptimizerConfig
+from jaxml.configs import OptimizerConfig
 
 
 def lr_factor(config: OptimizerConfig, step: int) -> float:

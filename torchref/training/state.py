@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from jaxml.training.config import OptimizerConfig
+from jaxml.configs import OptimizerConfig
 from torchref.training.optim import make_optimizer, make_scheduler
 
 
