@@ -16,6 +16,7 @@ from jaxml.configs import (
     AttentionConfig,
     CNNConfig,
     FFNConfig,
+    LMTrainConfig,
     OptimizerConfig,
     RegressorConfig,
     TrainConfig,
@@ -30,6 +31,7 @@ VALID: dict[type, dict[str, Any]] = {
     CNNConfig: dict(in_channels=1, image_size=(8, 8)),
     OptimizerConfig: dict(name="adamw", lr=1e-3, weight_decay=0.1, clip_norm=1.0),
     TrainConfig: dict(epochs=2, batch_size=4, logdir="runs/x"),
+    LMTrainConfig: dict(steps=10, batch_size=4, seq_len=8, optimizer=OptimizerConfig("adamw")),
 }
 
 ANY_VALUE = st.one_of(
