@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,9 +162,13 @@ class DataParallel:
         return device_state, first_copy(metrics) if self.mode == "pmap" else metrics
 
     def eval(self, device_state: Any, rows: np.ndarray) -> Metrics:
-        params = device_state.params
-        metrics = self._eval(params, self.batch(rows))
+        metrics = self._eval(device_state.params, self.batch(rows))
         return first_copy(metrics) if self.mode == "pmap" else metrics
+
+    def eval_batch_size(self, config: LMTrainConfig, val: PackedSequences) -> int:
+        """`batch_size`, or fewer when the validation split is smaller (a device multiple)."""
+        batch = min(config.batch_size, len(val))
+        return max(batch - batch % self.num_devices, self.num_devices)
 
 
 def init_lm_state(
@@ -180,19 +184,15 @@ def init_lm_state(
 
 
 def evaluate_lm(
-    runner: DataParallel, device_state: Any, val: PackedSequences, config: LMTrainConfig
+    eval_fn: Callable[[np.ndarray], Metrics], val: PackedSequences, batch_size: int, batches: int
 ) -> dict[str, float]:
-    """Mean validation loss over up to `eval_batches` full batches, and its perplexity."""
-    batch = min(config.batch_size, len(val) // runner.num_devices * runner.num_devices)
-    if batch == 0:
-        raise ValueError(
-            f"the validation split has {len(val)} windows: fewer than the "
-            f"{runner.num_devices} devices"
-        )
+    """Mean of `eval_fn(rows)["loss"]` over up to `batches` full validation batches of
+    `batch_size` windows, and its perplexity."""
     losses = [
-        float(host_copy(runner.eval(device_state, rows))["loss"])
-        for rows in val.eval_rows(batch, config.eval_batches)
+        float(host_copy(eval_fn(rows))["loss"]) for rows in val.eval_rows(batch_size, batches)
     ]
+    if not losses:
+        raise ValueError(f"the validation split has {len(val)} windows: none to evaluate on")
     loss = float(np.mean(losses))
     return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0))}
 
@@ -254,6 +254,13 @@ def train_lm(
     tokens_per_sec, mfu = 0.0, None
     timed_steps, timed_seconds = 0, 0.0
 
+    eval_batch = runner.eval_batch_size(config, data.val)
+
+    def evaluate(device_state: Any) -> dict[str, float]:
+        return evaluate_lm(
+            lambda rows: runner.eval(device_state, rows), data.val, eval_batch, config.eval_batches
+        )
+
     def save(step: int, force: bool) -> None:
         if ckpt is not None:
             info = {"step": step, "seed": config.seed, "next_batch": step}
@@ -298,7 +305,7 @@ def train_lm(
                 postfix.update(_postfix(row))
                 bar.set_postfix(postfix)
             if done % config.eval_every == 0 or done == config.steps:
-                figures = evaluate_lm(runner, device_state, data.val, config)
+                figures = evaluate(device_state)
                 history.append({"step": done, **figures})
                 logger.scalars("val", figures, done)
                 postfix.update(_postfix(figures))
@@ -306,7 +313,7 @@ def train_lm(
             save(done, force=done == config.steps)
         final = host_copy(runner.saved_form(device_state))
         if start == config.steps:  # resumed at the end: nothing trained in this call
-            figures = evaluate_lm(runner, device_state, data.val, config)
+            figures = evaluate(device_state)
         else:  # the evaluation after the last step
             figures = history[-1]
     finally:
