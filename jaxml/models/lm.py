@@ -1,0 +1,169 @@
+"""The Llama-style decoder-only LM (the original framework's "SOTA transformer").
+
+`ids [batch, seq] int32` -> token embedding -> `num_layers` pre-norm blocks -> RMSNorm -> output
+projection (`lm_head`, or the embedding itself when `tie_embeddings`) -> logits `[batch, seq,
+vocab]` float32. A block is `x += attn(attn_norm(x)); x += ffn(ffn_norm(x))` with the project's
+`Attention` (RoPE, mha/mqa/gqa, bias-free), `SwiGLU` or `MoE` and `RMSNorm`.
+
+The layers are a Python loop over `layers_0 ... layers_{N-1}`, not `nn.scan` over stacked
+params: every leaf then has exactly one layer's weights, so `torchref.convert` (Dense `kernel` <->
+`weight` transposed) and the Hugging Face converter (`model.layers.N.…`) map names one to one,
+and XLA schedules and fuses across layer boundaries. The cost is compile time linear in depth
+(about 1 s per layer for a train step on this CPU), which is fine at the depths we train here.
+
+Mixed precision (`config.dtype == "bfloat16"`): params stay float32; each block sees its matmul
+weights cast to bfloat16 (`nn.map_variables`), the residual stream is bfloat16, while RMSNorm,
+RoPE, the attention softmax, the MoE router and the final norm + logits compute in float32.
+
+Training: `LM(config).apply({"params": p}, ids) -> (logits, aux)`, causal attention through the
+blockwise kernel. Decoding: `apply(..., method=LM.step)` with explicit positions, a per-layer
+cache tuple (`init_cache`) and a key mask; see `LM.step`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from jaxml.configs.lm import LMConfig
+from jaxml.layers.attention import Attention
+from jaxml.layers.ffn import SwiGLU
+from jaxml.layers.kv_cache import KVCache, init_kv_cache
+from jaxml.layers.moe import MoE
+from jaxml.layers.norms import RMSNorm
+from jaxml.models.transformer import Aux, collect_aux
+
+Cache = tuple[KVCache, ...]  # one KVCache per layer
+EMBED_INIT_STD = 0.02
+KEEP_FLOAT32 = ("scale", "gate")  # norm scales and the MoE router stay float32 under bfloat16
+
+
+def _cast_matmul_weights(dtype: Any) -> Any:
+    def cast(variables: Any) -> Any:
+        def leaf(path: tuple[Any, ...], value: Array) -> Array:
+            names = {getattr(key, "key", None) for key in path}
+            return value if names & set(KEEP_FLOAT32) else value.astype(dtype)
+
+        return jax.tree_util.tree_map_with_path(leaf, variables)
+
+    return cast
+
+
+class Block(nn.Module):
+    """`(x [batch, seq, embed_dim], positions, cache, mask) -> (x, cache, aux)`.
+
+    `positions [batch, seq]` int32 (None: `cache.end_index + arange(seq)`), `cache` one layer's
+    `KVCache` or None, `mask [batch, kv_len]` bool keys that may be attended (None: all), `aux`
+    the MoE aux dict (empty for a dense FFN).
+    """
+
+    config: LMConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.attn_norm = RMSNorm(cfg.norm_eps)
+        self.attn = Attention(cfg.attention_config())
+        self.ffn_norm = RMSNorm(cfg.norm_eps)
+        self.ffn = MoE(cfg.ffn_config()) if cfg.use_moe else SwiGLU(cfg.ffn_config())
+
+    def __call__(
+        self,
+        x: Array,
+        positions: Array | None = None,
+        cache: KVCache | None = None,
+        mask: Array | None = None,
+    ) -> tuple[Array, KVCache | None, Aux]:
+        attended = self.attn(self.attn_norm(x), positions=positions, cache=cache, kv_mask=mask)
+        x = x + attended.out
+        if self.config.use_moe:
+            y, aux = self.ffn(self.ffn_norm(x))
+        else:
+            y, aux = self.ffn(self.ffn_norm(x)), {}
+        return x + y, attended.cache, aux
+
+
+class LM(nn.Module):
+    """`ids [batch, seq] -> (logits [batch, seq, vocab_size] float32, aux)`; see the module docstring.
+
+    `aux["aux_loss"]` is the float32 sum of the MoE layers' `aux_loss` (0 without MoE); with MoE
+    `aux` also holds `dropped_fraction` and `tokens_per_expert [num_layers, num_experts]`.
+    """
+
+    config: LMConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.embed = nn.Embed(
+            cfg.vocab_size, cfg.embed_dim, embedding_init=nn.initializers.normal(EMBED_INIT_STD)
+        )
+        block = Block
+        if cfg.dtype != "float32" and not self.is_initializing():  # params are created float32
+            cast = _cast_matmul_weights(jnp.dtype(cfg.dtype))
+            block = nn.map_variables(Block, "params", trans_in_fn=cast)
+        self.layers = [block(cfg) for _ in range(cfg.num_layers)]
+        self.norm = RMSNorm(cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False)
+
+    def _check(self, ids: Array) -> None:
+        if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"ids must be integer [batch, seq], got {ids.dtype} {ids.shape}")
+        if ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(
+                f"ids has {ids.shape[1]} positions, more than max_seq_len={self.config.max_seq_len}"
+            )
+
+    def _logits(self, x: Array) -> Array:
+        h = self.norm(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+        if self.config.tie_embeddings:
+            return self.embed.attend(h)
+        return self.lm_head(h)
+
+    def _embed(self, ids: Array) -> Array:
+        x = self.embed(ids)
+        return x if self.config.dtype == "float32" else x.astype(self.config.dtype)
+
+    def __call__(self, ids: Array) -> tuple[Array, Aux]:
+        self._check(ids)
+        x = self._embed(ids)
+        moe_aux = []
+        for layer in self.layers:
+            x, _, aux = layer(x)
+            if aux:
+                moe_aux.append(aux)
+        return self._logits(x), collect_aux(moe_aux)
+
+    def step(self, ids: Array, positions: Array, cache: Cache, mask: Array) -> tuple[Array, Cache]:
+        """Decode: `ids [batch, q_len]` at `positions [batch, q_len]` appended to `cache` (one
+        `KVCache` per layer, from `init_cache`); `mask [batch, cache_len]` bool marks the keys
+        a row may attend besides causality (False for left padding). Returns
+        `(logits [batch, q_len, vocab] float32, new cache)`.
+        """
+        self._check(ids)
+        if len(cache) != self.config.num_layers:
+            raise ValueError(
+                f"cache has {len(cache)} layers, the model has num_layers={self.config.num_layers}"
+            )
+        x = self._embed(ids)
+        new_cache = []
+        for layer, layer_cache in zip(self.layers, cache, strict=True):
+            x, updated, _ = layer(x, positions, layer_cache, mask)
+            assert updated is not None
+            new_cache.append(updated)
+        return self._logits(x), tuple(new_cache)
+
+
+def init_cache(config: LMConfig, batch: int, max_seq_len: int | None = None) -> Cache:
+    """An empty decode cache: one `KVCache` per layer, `max_seq_len` (default the config's) slots."""
+    length = config.max_seq_len if max_seq_len is None else max_seq_len
+    if length > config.max_seq_len:
+        raise ValueError(
+            f"init_cache max_seq_len={length} exceeds the model's max_seq_len={config.max_seq_len}"
+        )
+    dtype = jnp.dtype(config.dtype)
+    layer = init_kv_cache(config.attention_config(), batch, length, dtype)
+    return tuple(layer for _ in range(config.num_layers))

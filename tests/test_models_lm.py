@@ -1,0 +1,140 @@
+"""The Llama-style LM: config validation and original names, parameter layout, causality, cached
+decoding == full forward (with left padding), bfloat16 mixed precision, MoE aux."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxml.configs.lm import LMConfig, SOTAConfig, llama_ffn_latent_dim
+from jaxml.models.lm import LM, init_cache
+
+CFG = LMConfig(
+    vocab_size=32, embed_dim=16, num_layers=2, num_heads=4, ffn_latent_dim=24, max_seq_len=16
+)
+IDS = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 8)), jnp.int32)
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"num_groups": 3}, "LMConfig.num_groups=3"),
+        ({"attention_type": "mqa", "num_groups": 2}, "LMConfig.num_groups=2"),
+        ({"attention_type": "sparse"}, "LMConfig.attention_type='sparse'"),
+        ({"embed_dim": 18}, "LMConfig.embed_dim=18"),
+        ({"vocab_size": 0}, "LMConfig.vocab_size=0"),
+        ({"use_moe": True, "topk": 9}, "LMConfig.topk=9"),
+        ({"dtype": "float16"}, "LMConfig.dtype='float16'"),
+        ({"norm_eps": 0.0}, "LMConfig.norm_eps=0.0"),
+        ({"tie_embeddings": 1}, "LMConfig.tie_embeddings=1"),
+    ],
+)
+def test_config_errors_name_the_field(changes: dict[str, Any], field: str) -> None:
+    base = dict(vocab_size=32, embed_dim=16, num_layers=1, num_heads=4)
+    with pytest.raises(ValueError, match=field.replace("(", r"\(").replace(")", r"\)")):
+        LMConfig(**{**base, **changes})
+
+
+def test_config_defaults_and_original_names() -> None:
+    config = LMConfig(vocab_size=100, embed_dim=256, num_layers=2, num_heads=8)
+    assert config.ffn_latent_dim == llama_ffn_latent_dim(256) == 768  # 8/3 · 256 = 682 -> 768
+    assert config.attention_type == "gqa" and config.num_groups == 4 and config.d_model == 256
+    original = SOTAConfig(vocab_size=100, d_model=256, num_heads=8, num_layers=2, n_kv_heads=2)
+    assert original == config.replace(num_groups=2)
+    assert hash(original) == hash(config.replace(num_groups=2))
+    with pytest.raises(ValueError, match="SOTAConfig.dropout=0.1"):
+        SOTAConfig(vocab_size=100, d_model=256, num_heads=8, num_layers=2, dropout=0.1)
+    with pytest.raises(ValueError, match="both 'd_model' and 'embed_dim'"):
+        SOTAConfig(vocab_size=9, d_model=8, embed_dim=8, num_heads=2, num_layers=1)
+
+
+def test_parameter_layout() -> None:
+    shapes = jax.tree_util.tree_map(
+        jnp.shape, jax.eval_shape(LM(CFG).init, jax.random.key(0), IDS)["params"]
+    )
+    head_dim = 4
+    assert shapes["embed"] == {"embedding": (32, 16)}
+    assert shapes["lm_head"] == {"kernel": (16, 32)} and shapes["norm"] == {"scale": (16,)}
+    layer = shapes["layers_1"]
+    assert layer["attn"] == {
+        "q_proj": {"kernel": (16, 4 * head_dim)},
+        "k_proj": {"kernel": (16, 2 * head_dim)},
+        "v_proj": {"kernel": (16, 2 * head_dim)},
+        "o_proj": {"kernel": (4 * head_dim, 16)},
+    }
+    assert layer["ffn"] == {
+        "w1": {"kernel": (16, 24)},
+        "w3": {"kernel": (16, 24)},
+        "w2": {"kernel": (24, 16)},
+    }
+    assert layer["attn_norm"] == layer["ffn_norm"] == {"scale": (16,)}
+    assert set(shapes) == {"embed", "layers_0", "layers_1", "norm", "lm_head"}
+    tied = jax.eval_shape(LM(CFG.replace(tie_embeddings=True)).init, jax.random.key(0), IDS)
+    assert "lm_head" not in tied["params"]
+
+
+def test_causal_and_checks_input() -> None:
+    model = LM(CFG)
+    params = model.init(jax.random.key(0), IDS)
+    logits, aux = model.apply(params, IDS)
+    assert logits.shape == (2, 8, 32) and logits.dtype == jnp.float32
+    assert float(aux["aux_loss"]) == 0.0
+    changed, _ = model.apply(params, IDS.at[:, 5].set((IDS[:, 5] + 1) % 32))
+    np.testing.assert_array_equal(logits[:, :5], changed[:, :5])
+    assert not np.allclose(logits[:, 5:], changed[:, 5:])
+    with pytest.raises(ValueError, match="more than max_seq_len=16"):
+        model.apply(params, jnp.zeros((1, 17), jnp.int32))
+    with pytest.raises(ValueError, match="ids must be integer"):
+        model.apply(params, jnp.zeros((1, 4)))
+
+
+@pytest.mark.parametrize("use_moe", [False, True])
+def test_cached_decode_equals_full_forward(use_moe: bool) -> None:
+    """Prefill 5 tokens, decode 3 one by one; row 1 left-padded by 2 (masked, positions shifted)."""
+    config = CFG.replace(use_moe=use_moe, num_experts=4)
+    model = LM(config)
+    params = model.init(jax.random.key(1), IDS)
+    pad = 2
+    full, _ = model.apply(params, IDS)
+    full_row1, _ = model.apply(params, IDS[1:, pad:])
+    positions = jnp.stack([jnp.arange(8), jnp.arange(8) - pad]).astype(jnp.int32)
+    mask = jnp.ones((2, 8), bool).at[1, :pad].set(False)
+    cache = init_cache(config, batch=2, max_seq_len=8)
+    step = jax.jit(lambda p, i, pos, c: model.apply(p, i, pos, c, mask, method=LM.step))
+    outs = []
+    for start, end in [(0, 5), (5, 6), (6, 7), (7, 8)]:
+        logits, cache = step(params, IDS[:, start:end], positions[:, start:end], cache)
+        outs.append(logits)
+    cached = jnp.concatenate(outs, axis=1)
+    np.testing.assert_allclose(cached[0], full[0], atol=2e-5)
+    np.testing.assert_allclose(cached[1, pad:], full_row1[0], atol=2e-5)
+    assert int(cache[0].end_index) == 8
+
+
+def test_bfloat16_mixed_precision() -> None:
+    config = CFG.replace(dtype="bfloat16", use_moe=True, num_experts=4)
+    model = LM(config)
+    params = model.init(jax.random.key(0), IDS)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(params)} == {jnp.dtype("float32")}
+    logits, aux = model.apply(params, IDS)
+    assert logits.dtype == jnp.float32 and aux["aux_loss"].dtype == jnp.float32
+    reference, _ = LM(config.replace(dtype="float32")).apply(params, IDS)
+    scale = float(jnp.max(jnp.abs(reference)))
+    assert 0 < float(jnp.max(jnp.abs(logits - reference))) < 0.05 * scale  # bf16, not f32
+    jaxpr = str(jax.make_jaxpr(lambda p: model.apply(p, IDS))(params))
+    assert "bf16[2,8,16]" in jaxpr  # the residual stream runs in bfloat16
+    grads = jax.grad(lambda p: model.apply(p, IDS)[0].sum())(params)
+    assert {g.dtype for g in jax.tree_util.tree_leaves(grads)} == {jnp.dtype("float32")}
+
+
+def test_moe_aux_statistics() -> None:
+    config = CFG.replace(use_moe=True, num_experts=4, capacity=2)
+    model = LM(config)
+    params = model.init(jax.random.key(0), IDS)
+    _, aux = model.apply(params, IDS)
+    assert aux["tokens_per_expert"].shape == (2, 4)
+    assert float(aux["dropped_fraction"]) > 0 and float(aux["aux_loss"]) > 0
