@@ -230,22 +230,12 @@ def train_lm(
     is False, and `NonFiniteLoss` when the loss, a gradient or a parameter stops being finite.
     """
     logger = logger or RunLogger(None)
+    ckpt = open_checkpoints(config)
     state, tx, schedule = init_lm_state(model, config, params)
     runner = DataParallel(module_apply(model), tx, schedule, config)
-    ckpt = None
-    if config.checkpoint_dir is not None:
-        ckpt = Checkpointer(config.checkpoint_dir, save_every=config.save_every, keep=config.keep)
-        latest = ckpt.latest_step()
-        if latest is not None and not config.resume:
-            ckpt.close()
-            raise FileExistsError(
-                f"{config.checkpoint_dir} already holds checkpoints (latest step {latest}); "
-                "resume from them or choose another directory"
-            )
     device_state = runner.device_state(state)
     if ckpt is not None and ckpt.latest_step() is not None:
-        restored, saved = ckpt.restore(runner.checkpoint_template(state))
-        _check_resumable(saved, config)
+        restored, _ = ckpt.restore(runner.checkpoint_template(state))
         device_state = runner.device_state(restored) if runner.mode == "pmap" else restored
     start = int(host_copy(runner.saved_form(device_state).step))
     primary = is_primary()
@@ -340,12 +330,29 @@ def _postfix(row: Mapping[str, float]) -> dict[str, str]:
     }
 
 
-def _check_resumable(saved: Mapping[str, Any], config: LMTrainConfig) -> None:
-    """A checkpoint continues only the run that wrote it: same seed, batch and schedule."""
-    train = saved.get("train", {})
-    for name in ("seed", "batch_size", "seq_len", "steps"):
-        if name in train and train[name] != getattr(config, name):
-            raise ValueError(
-                f"cannot resume: the checkpoint was written with {name}={train[name]}, "
-                f"this run has {name}={getattr(config, name)}"
+def open_checkpoints(config: LMTrainConfig) -> Checkpointer | None:
+    """The run's `Checkpointer` (None without `checkpoint_dir`), checked before any work: an
+    existing checkpoint needs `resume=True` (FileExistsError otherwise), and continues only the
+    run that wrote it (same seed, batch, sequence length and steps; ValueError otherwise)."""
+    if config.checkpoint_dir is None:
+        return None
+    ckpt = Checkpointer(config.checkpoint_dir, save_every=config.save_every, keep=config.keep)
+    latest = ckpt.latest_step()
+    try:
+        if latest is not None and not config.resume:
+            raise FileExistsError(
+                f"{config.checkpoint_dir} already holds checkpoints (latest step {latest}); "
+                "resume from them or choose another directory"
             )
+        if latest is not None:
+            saved = ckpt.read_meta(latest).get("train", {})
+            for name in ("seed", "batch_size", "seq_len", "steps"):
+                if name in saved and saved[name] != getattr(config, name):
+                    raise ValueError(
+                        f"cannot resume: the checkpoint was written with {name}={saved[name]}, "
+                        f"this run has {name}={getattr(config, name)}"
+                    )
+    except (FileExistsError, ValueError):
+        ckpt.close()
+        raise
+    return ckpt
