@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from jaxml.configs.lm import LMConfig
+from jaxml.layers import kv_cache as jkv
 from jaxml.models import lm as jlm
-from parity.harness import assert_close, check_parity, to_torch, tolerance
+from parity.harness import assert_close, check_parity, tolerance
 from torchref.convert import load_jaxml_params
+from torchref.layers import kv_cache as tkv
 from torchref.models import lm as tlm
 
 
@@ -93,27 +95,38 @@ def test_lm_logits_and_grads_match(case: str, dtype: str, device: str) -> None:
 
 @pytest.mark.parametrize("case", ["mha-untied-2layers", "moe-dropless-tied"])
 def test_lm_cached_decode_matches(case: str) -> None:
-    """Prefill 5 tokens of a left-padded row, then decode 2 more one at a time: jaxml == torch."""
+    """Prefill 5 tokens, roll row 1 back to 3 (ragged), decode 2 tokens: jaxml == torch each step."""
     config = _config(**CASES[case][0])
     tol = tolerance("float32", "cpu")
     ids = _ids(2, 7)
-    cache_len = 8
-    positions = np.tile(np.arange(7, dtype=np.int32), (2, 1))
-    positions[1] -= 2  # row 1 is left-padded by two tokens
-    mask = np.ones((2, cache_len), bool)
-    mask[1, :2] = False
     model = jlm.LM(config)
     params = {"params": _params(config, ids, seed=2)}
     tmodel = load_jaxml_params(tlm.LM(config), params)
-    jcache = jlm.init_cache(config, 2, cache_len)
-    tcache = tlm.init_cache(config, 2, cache_len)
-    for start, end in [(0, 5), (5, 6), (6, 7)]:
-        args = (ids[:, start:end], positions[:, start:end])
+    jcache = jlm.init_cache(config, 2, 8)
+    tcache = tlm.init_cache(config, 2, 8)
+    lengths = np.array([5, 3])
+    for call in range(3):
+        chunk = ids[:, :5] if call == 0 else ids[np.arange(2), lengths][:, None]
+        n = chunk.shape[1]
         jlogits, jcache = model.apply(
-            params, *map(jnp.asarray, args), jcache, jnp.asarray(mask), method=jlm.LM.step
+            params,
+            jnp.asarray(chunk),
+            jkv.next_positions(jcache[0], n),
+            jcache,
+            jkv.attention_mask(jcache[0], n),
+            method=jlm.LM.step,
         )
         with torch.no_grad():
             tlogits, tcache = tmodel.step(
-                *(to_torch(a, "cpu", "float32") for a in args), tcache, torch.from_numpy(mask)
+                torch.from_numpy(chunk).long(),
+                tkv.next_positions(tcache[0], n),
+                tcache,
+                tkv.attention_mask(tcache[0], n),
             )
-        assert_close(f"step logits {start}:{end}", jlogits, tlogits, tol)
+        assert_close(f"step {call} logits", jlogits, tlogits, tol)
+        if call == 0:
+            rollback = np.array([5, 3], np.int32)
+            jcache = tuple(jkv.truncate(c, jnp.asarray(rollback)) for c in jcache)
+            tcache = tuple(tkv.truncate(c, torch.from_numpy(rollback)) for c in tcache)
+        else:
+            lengths += 1

@@ -1,5 +1,5 @@
 """The Llama-style LM: config validation and original names, parameter layout, causality, cached
-decoding == full forward (with left padding), bfloat16 mixed precision, MoE aux."""
+decoding == full forward (ragged rows), bfloat16 mixed precision, MoE aux."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import Array
 
 from jaxml.configs.lm import LMConfig, SOTAConfig, llama_ffn_latent_dim
+from jaxml.layers import kv_cache
 from jaxml.models.lm import LM, init_cache
 
 CFG = LMConfig(
@@ -31,6 +33,7 @@ IDS = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 8)), jnp.int32)
         ({"dtype": "float16"}, "LMConfig.dtype='float16'"),
         ({"norm_eps": 0.0}, "LMConfig.norm_eps=0.0"),
         ({"tie_embeddings": 1}, "LMConfig.tie_embeddings=1"),
+        ({"attention_kernel": "flash"}, "LMConfig.attention_kernel='flash'"),
     ],
 )
 def test_config_errors_name_the_field(changes: dict[str, Any], field: str) -> None:
@@ -92,27 +95,36 @@ def test_causal_and_checks_input() -> None:
         model.apply(params, jnp.zeros((1, 4)))
 
 
+def _decode_step(model: LM) -> Any:
+    """A jitted decode-loop step: positions and mask from the cache, as the loop builds them."""
+
+    def step(params: Any, ids: Array, cache: Any) -> Any:
+        positions = kv_cache.next_positions(cache[0], ids.shape[1])
+        mask = kv_cache.attention_mask(cache[0], ids.shape[1])
+        return model.apply(params, ids, positions, cache, mask, method=LM.step)
+
+    return jax.jit(step)
+
+
 @pytest.mark.parametrize("use_moe", [False, True])
 def test_cached_decode_equals_full_forward(use_moe: bool) -> None:
-    """Prefill 5 tokens, decode 3 one by one; row 1 left-padded by 2 (masked, positions shifted)."""
+    """Prefill 5 tokens, roll row 1 back to a 3-token prompt (ragged), decode 3 tokens one by one:
+    every logit equals the full forward pass of that row."""
     config = CFG.replace(use_moe=use_moe, num_experts=4)
     model = LM(config)
     params = model.init(jax.random.key(1), IDS)
-    pad = 2
     full, _ = model.apply(params, IDS)
-    full_row1, _ = model.apply(params, IDS[1:, pad:])
-    positions = jnp.stack([jnp.arange(8), jnp.arange(8) - pad]).astype(jnp.int32)
-    mask = jnp.ones((2, 8), bool).at[1, :pad].set(False)
-    cache = init_cache(config, batch=2, max_seq_len=8)
-    step = jax.jit(lambda p, i, pos, c: model.apply(p, i, pos, c, mask, method=LM.step))
-    outs = []
-    for start, end in [(0, 5), (5, 6), (6, 7), (7, 8)]:
-        logits, cache = step(params, IDS[:, start:end], positions[:, start:end], cache)
-        outs.append(logits)
-    cached = jnp.concatenate(outs, axis=1)
-    np.testing.assert_allclose(cached[0], full[0], atol=2e-5)
-    np.testing.assert_allclose(cached[1, pad:], full_row1[0], atol=2e-5)
-    assert int(cache[0].end_index) == 8
+    step = _decode_step(model)
+    prefill, cache = step(params, IDS[:, :5], init_cache(config, batch=2, cache_len=8))
+    np.testing.assert_allclose(prefill, full[:, :5], atol=2e-5)
+    cache = tuple(kv_cache.truncate(c, jnp.array([5, 3], jnp.int32)) for c in cache)
+    lengths = np.array([5, 3])
+    for _ in range(3):
+        ids = IDS[np.arange(2), lengths][:, None]
+        logits, cache = step(params, ids, cache)
+        np.testing.assert_allclose(logits[:, 0], full[np.arange(2), lengths], atol=2e-5)
+        lengths += 1
+    np.testing.assert_array_equal(cache[1].lengths, lengths)
 
 
 def test_bfloat16_mixed_precision() -> None:

@@ -8,6 +8,7 @@ num_heads=8`), so a config can be a static `jax.jit` argument.
 """
 
 from jaxml.configs.layers import ACTIVATIONS, ATTENTION_TYPES, FFN_KINDS, AttentionConfig, FFNConfig
+from jaxml.configs.lm import LMConfig, SOTAConfig
 from jaxml.configs.lm_training import LMTrainConfig, default_lm_optimizer
 from jaxml.configs.models import CNNConfig, RegressorConfig, TransformerConfig, parse_latent_dims
 from jaxml.configs.training import (
@@ -30,9 +31,11 @@ __all__ = [
     "AttentionConfig",
     "CNNConfig",
     "FFNConfig",
+    "LMConfig",
     "LMTrainConfig",
     "OptimizerConfig",
     "RegressorConfig",
+    "SOTAConfig",
     "TrainConfig",
     "TransformerConfig",
     "default_lm_optimizer",

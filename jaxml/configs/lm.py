@@ -8,11 +8,11 @@ so their validation runs here and errors name the `LMConfig` field.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from jaxml.config import AttentionConfig, FFNConfig, _check_choice, _check_positive, _fail
+from jaxml.configs._validate import Config, check_choice, check_positive, check_range
+from jaxml.configs.layers import ATTENTION_KERNELS, AttentionConfig, FFNConfig
 
 DTYPES = ("float32", "bfloat16")
 FFN_MULTIPLE_OF = 256  # Llama rounds the SwiGLU width 8/3 · embed_dim up to a multiple of 256
@@ -25,7 +25,7 @@ def llama_ffn_latent_dim(embed_dim: int, multiple_of: int = FFN_MULTIPLE_OF) -> 
 
 
 @dataclass(frozen=True)
-class LMConfig:
+class LMConfig(Config):
     """Decoder-only LM: embedding -> `num_layers` pre-norm blocks -> RMSNorm -> output projection.
 
     Block: `x += attn(rms_norm(x))` (RoPE, mha/mqa/gqa with `num_groups` key/value heads, no
@@ -35,7 +35,8 @@ class LMConfig:
     `z_loss_coef`). `tie_embeddings` reuses the embedding as the output projection.
     `dtype` is the compute dtype: `bfloat16` runs matmuls in bfloat16 while params, norms,
     softmax, the router and the logits stay float32. `max_seq_len` bounds positions (and the
-    decode cache).
+    decode cache). `attention_kernel` is the attention layer's `kernel` (`auto`: the blockwise
+    causal kernel for training, the dense one with a cache).
     """
 
     vocab_size: int
@@ -57,25 +58,23 @@ class LMConfig:
     alpha: float = 0.01
     z_loss_coef: float = 0.0
     dtype: str = "float32"
+    attention_kernel: str = "auto"
 
-    def __post_init__(self) -> None:
-        name = type(self).__name__
-        _check_positive(
-            name,
-            vocab_size=self.vocab_size,
-            embed_dim=self.embed_dim,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            max_seq_len=self.max_seq_len,
+    def validate(self) -> None:
+        check_positive(
+            self,
+            "vocab_size",
+            "embed_dim",
+            "num_layers",
+            "num_heads",
+            "max_seq_len",
+            "ffn_latent_dim",
         )
         if self.ffn_latent_dim is None:
             object.__setattr__(self, "ffn_latent_dim", llama_ffn_latent_dim(self.embed_dim))
-        for field in ("tie_embeddings", "use_moe"):
-            if not isinstance(getattr(self, field), bool):
-                _fail(name, field, getattr(self, field), "must be True or False")
-        if not (isinstance(self.norm_eps, int | float) and 0 < self.norm_eps < 1):
-            _fail(name, "norm_eps", self.norm_eps, "must be a number in (0, 1)")
-        _check_choice(name, "dtype", self.dtype, DTYPES)
+        check_range(self, "norm_eps", 0.0, 1.0, "()")
+        check_choice(self, "dtype", DTYPES)
+        check_choice(self, "attention_kernel", ATTENTION_KERNELS)
         attention = self._renamed(lambda: self.attention_config())
         object.__setattr__(self, "num_groups", attention.num_groups)
         self._renamed(lambda: self.ffn_config())
@@ -115,6 +114,7 @@ class LMConfig:
             use_rope=True,
             rope_theta=self.rope_theta,
             use_bias=False,
+            kernel=self.attention_kernel,
         )
 
     def ffn_config(self) -> FFNConfig:
@@ -136,9 +136,6 @@ class LMConfig:
             norm_topk_prob=True,
         )
 
-    def replace(self, **changes: Any) -> LMConfig:
-        return dataclasses.replace(self, **changes)
-
 
 ORIGINAL_NAMES = {
     "d_model": "embed_dim",
@@ -158,7 +155,9 @@ def SOTAConfig(**fields: Any) -> LMConfig:  # noqa: N802 - the original framewor
     """
     dropout = fields.pop("dropout", 0.0)
     if dropout:
-        _fail("SOTAConfig", "dropout", dropout, "the LM has no dropout; use 0.0")
+        raise ValueError(
+            f"SOTAConfig.dropout={dropout!r} is invalid: the LM has no dropout; use 0.0"
+        )
     for old, new in ORIGINAL_NAMES.items():
         if old in fields and new in fields:
             raise ValueError(f"SOTAConfig: both {old!r} and {new!r} given; use one")

@@ -30,9 +30,10 @@ import jax.numpy as jnp
 from jax import Array
 
 from jaxml.configs.lm import LMConfig
+from jaxml.layers import kv_cache
 from jaxml.layers.attention import Attention
 from jaxml.layers.ffn import SwiGLU
-from jaxml.layers.kv_cache import KVCache, init_kv_cache
+from jaxml.layers.kv_cache import KVCache
 from jaxml.layers.moe import MoE
 from jaxml.layers.norms import RMSNorm
 from jaxml.models.transformer import Aux, collect_aux
@@ -56,9 +57,9 @@ def _cast_matmul_weights(dtype: Any) -> Any:
 class Block(nn.Module):
     """`(x [batch, seq, embed_dim], positions, cache, mask) -> (x, cache, aux)`.
 
-    `positions [batch, seq]` int32 (None: `cache.end_index + arange(seq)`), `cache` one layer's
-    `KVCache` or None, `mask [batch, kv_len]` bool keys that may be attended (None: all), `aux`
-    the MoE aux dict (empty for a dense FFN).
+    Training: no cache, `positions` None (`0 .. seq-1`), `mask` None (causal). Decoding: one
+    layer's `KVCache`, `positions [batch, seq]` int32 and `mask [batch, seq, cache_len]` bool, both
+    built once per step by the decode loop. `aux` is the MoE aux dict (empty for a dense FFN).
     """
 
     config: LMConfig
@@ -77,7 +78,7 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         mask: Array | None = None,
     ) -> tuple[Array, KVCache | None, Aux]:
-        attended = self.attn(self.attn_norm(x), positions=positions, cache=cache, kv_mask=mask)
+        attended = self.attn(self.attn_norm(x), positions=positions, cache=cache, mask=mask)
         x = x + attended.out
         if self.config.use_moe:
             y, aux = self.ffn(self.ffn_norm(x))
@@ -138,10 +139,10 @@ class LM(nn.Module):
         return self._logits(x), collect_aux(moe_aux)
 
     def step(self, ids: Array, positions: Array, cache: Cache, mask: Array) -> tuple[Array, Cache]:
-        """Decode: `ids [batch, q_len]` at `positions [batch, q_len]` appended to `cache` (one
-        `KVCache` per layer, from `init_cache`); `mask [batch, cache_len]` bool marks the keys
-        a row may attend besides causality (False for left padding). Returns
-        `(logits [batch, q_len, vocab] float32, new cache)`.
+        """One decode-loop step: `ids [batch, n]` at `positions [batch, n]` int32, appended to
+        `cache` (one `KVCache` per layer, from `init_cache`), attending as `mask [batch, n,
+        cache_len]` bool allows (`kv_cache.next_positions` / `kv_cache.attention_mask`).
+        Returns `(logits [batch, n, vocab] float32, new cache)`.
         """
         self._check(ids)
         if len(cache) != self.config.num_layers:
@@ -157,13 +158,18 @@ class LM(nn.Module):
         return self._logits(x), tuple(new_cache)
 
 
-def init_cache(config: LMConfig, batch: int, max_seq_len: int | None = None) -> Cache:
-    """An empty decode cache: one `KVCache` per layer, `max_seq_len` (default the config's) slots."""
-    length = config.max_seq_len if max_seq_len is None else max_seq_len
-    if length > config.max_seq_len:
+def init_cache(
+    config: LMConfig, batch: int, cache_len: int | None = None, window: int | None = None
+) -> Cache:
+    """An empty decode cache: one `KVCache` per layer of `cache_len` slots (default
+    `config.max_seq_len`), expanding, or a sliding window of `window` tokens."""
+    length = config.max_seq_len if cache_len is None else cache_len
+    if window is None and length > config.max_seq_len:
         raise ValueError(
-            f"init_cache max_seq_len={length} exceeds the model's max_seq_len={config.max_seq_len}"
+            f"init_cache cache_len={length} exceeds the model's max_seq_len={config.max_seq_len}"
         )
     dtype = jnp.dtype(config.dtype)
-    layer = init_kv_cache(config.attention_config(), batch, length, dtype)
+    layer = kv_cache.init(
+        batch, length, config.num_kv_heads, config.head_dim, window=window, dtype=dtype
+    )
     return tuple(layer for _ in range(config.num_layers))

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from jaxml.configs.lm import LMConfig
+from torchref.layers import kv_cache
 from torchref.layers.attention import Attention
 from torchref.layers.ffn import SwiGLU
-from torchref.layers.kv_cache import KVCache, init_kv_cache
+from torchref.layers.kv_cache import KVCache
 from torchref.layers.moe import MoE
 from torchref.layers.norms import RMSNorm
 from torchref.models.transformer import Aux, collect_aux
@@ -45,7 +46,7 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, Aux]:
-        attended = self.attn(self.attn_norm(x), positions=positions, cache=cache, kv_mask=mask)
+        attended = self.attn(self.attn_norm(x), positions=positions, cache=cache, mask=mask)
         x = x + attended.out
         if self.config.use_moe:
             y, aux = self.ffn(self.ffn_norm(x))
@@ -104,7 +105,7 @@ class LM(nn.Module):
     def step(
         self, ids: torch.Tensor, positions: torch.Tensor, cache: Cache, mask: torch.Tensor
     ) -> tuple[torch.Tensor, Cache]:
-        """Decode `ids [batch, q_len]` at `positions` into `cache`; `mask [batch, cache_len]`."""
+        """Decode `ids [batch, n]` at `positions [batch, n]` into `cache`; `mask [batch, n, cache_len]`."""
         self._check(ids)
         if len(cache) != self.config.num_layers:
             raise ValueError(
@@ -123,15 +124,24 @@ class LM(nn.Module):
 def init_cache(
     config: LMConfig,
     batch: int,
-    max_seq_len: int | None = None,
+    cache_len: int | None = None,
+    window: int | None = None,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
 ) -> Cache:
-    """An empty decode cache: one `KVCache` per layer."""
-    length = config.max_seq_len if max_seq_len is None else max_seq_len
-    if length > config.max_seq_len:
+    """An empty decode cache: one `KVCache` per layer (as in jaxml)."""
+    length = config.max_seq_len if cache_len is None else cache_len
+    if window is None and length > config.max_seq_len:
         raise ValueError(
-            f"init_cache max_seq_len={length} exceeds the model's max_seq_len={config.max_seq_len}"
+            f"init_cache cache_len={length} exceeds the model's max_seq_len={config.max_seq_len}"
         )
-    layer = init_kv_cache(config.attention_config(), batch, length, dtype, device)
+    dtype = getattr(torch, config.dtype)
+    layer = kv_cache.init(
+        batch,
+        length,
+        config.num_kv_heads,
+        config.head_dim,
+        window=window,
+        dtype=dtype,
+        device=device,
+    )
     return tuple(layer for _ in range(config.num_layers))
