@@ -15,6 +15,7 @@ optimizer steps over a token stream whose batch at step `s` depends only on `(se
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxml.configs.lm_training import LMTrainConfig
@@ -38,8 +40,10 @@ from jaxml.training.optim import make_optimizer, make_schedule
 from jaxml.training.parallel import DATA_AXIS, data_mesh, first_copy, stack_for_pmap
 from jaxml.training.state import TrainState, init_params
 
+log = logging.getLogger(__name__)
 
-class NonFiniteLoss(RuntimeError):
+
+class NonFiniteLoss(FloatingPointError):
     """Training produced a NaN/Inf loss, gradient or parameter at update `step` (1-based); the
     newest checkpoint (`last_checkpoint`, None if there is none) holds the last good state."""
 
@@ -235,8 +239,9 @@ def train_lm(
     runner = DataParallel(module_apply(model), tx, schedule, config)
     device_state = runner.device_state(state)
     if ckpt is not None and ckpt.latest_step() is not None:
-        restored, _ = ckpt.restore(runner.checkpoint_template(state))
+        restored, saved = ckpt.restore(runner.checkpoint_template(state))
         device_state = runner.device_state(restored) if runner.mode == "pmap" else restored
+        ckpt = set_aside_damaged(ckpt, saved["step"], config)
     start = int(host_copy(runner.saved_form(device_state).step))
     primary = is_primary()
     bar = progress_bar(config.steps, initial=start, enabled=config.progress and primary)
@@ -251,11 +256,13 @@ def train_lm(
             lambda rows: runner.eval(device_state, rows), data.val, eval_batch, config.eval_batches
         )
 
-    def save(step: int, force: bool) -> None:
-        if ckpt is not None:
+    def save(step: int) -> None:
+        """A checkpoint every `save_every` steps and after the last (orbax's own interval
+        policy would also save the first step of every call)."""
+        if ckpt is not None and (step % config.save_every == 0 or step == config.steps):
             info = {"step": step, "seed": config.seed, "next_batch": step}
             saved_meta = {**info, "train": config.to_dict(), "run": dict(meta or {})}
-            ckpt.save(step, runner.saved_form(device_state), saved_meta, force=force)
+            ckpt.save(step, runner.saved_form(device_state), saved_meta, force=True)
 
     try:
         window: list[Metrics] = []
@@ -300,7 +307,7 @@ def train_lm(
                 logger.scalars("val", figures, done)
                 postfix.update(_postfix(figures))
                 bar.set_postfix(postfix)
-            save(done, force=done == config.steps)
+            save(done)
         final = host_copy(runner.saved_form(device_state))
         if start == config.steps:  # resumed at the end: nothing trained in this call
             figures = evaluate(device_state)
@@ -330,6 +337,23 @@ def _postfix(row: Mapping[str, float]) -> dict[str, str]:
     }
 
 
+def set_aside_damaged(ckpt: Checkpointer, restored: int, config: LMTrainConfig) -> Checkpointer:
+    """Rename the checkpoints newer than `restored` (the restore skipped them as damaged) to
+    `<step>.damaged`: kept for inspection, out of the way of the resumed run's saves."""
+    newer = [step for step in ckpt.all_steps() if step > restored]
+    if not newer:
+        return ckpt
+    ckpt.close()
+    if is_primary():
+        for step in newer:
+            path = ckpt.directory / str(step)
+            path.rename(path.with_name(f"{step}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
+            log.warning("set aside damaged checkpoint %s; resuming from step %d", path, restored)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("set_aside_damaged")
+    return Checkpointer(ckpt.directory, save_every=config.save_every, keep=config.keep)
+
+
 def open_checkpoints(config: LMTrainConfig) -> Checkpointer | None:
     """The run's `Checkpointer` (None without `checkpoint_dir`), checked before any work: an
     existing checkpoint needs `resume=True` (FileExistsError otherwise), and continues only the
@@ -345,7 +369,7 @@ def open_checkpoints(config: LMTrainConfig) -> Checkpointer | None:
                 "resume from them or choose another directory"
             )
         if latest is not None:
-            saved = ckpt.read_meta(latest).get("train", {})
+            saved = ckpt.read_meta().get("train", {})
             for name in ("seed", "batch_size", "seq_len", "steps"):
                 if name in saved and saved[name] != getattr(config, name):
                     raise ValueError(

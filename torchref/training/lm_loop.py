@@ -26,7 +26,7 @@ from torchref.training.optim import clip_gradients
 from torchref.training.state import TrainState
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(FloatingPointError):
     """As `jaxml.training.lm_loop.NonFiniteLoss`."""
 
     def __init__(self, step: int, loss: float, last_checkpoint: int | None) -> None:
