@@ -17,6 +17,7 @@ from jaxml.configs import (
     CNNConfig,
     FFNConfig,
     LMConfig,
+    LMTrainConfig,
     OptimizerConfig,
     RegressorConfig,
     SpeculativeConfig,
@@ -33,6 +34,7 @@ VALID: dict[type, dict[str, Any]] = {
     OptimizerConfig: dict(name="adamw", lr=1e-3, weight_decay=0.1, clip_norm=1.0),
     TrainConfig: dict(epochs=2, batch_size=4, logdir="runs/x"),
     LMConfig: dict(vocab_size=32, embed_dim=16, num_layers=1, num_heads=4, use_moe=True),
+    LMTrainConfig: dict(steps=10, batch_size=4, seq_len=8, optimizer=OptimizerConfig("adamw")),
     SpeculativeConfig: dict(draft_steps=3),
 }
 

@@ -10,6 +10,7 @@ num_heads=8`), so a config can be a static `jax.jit` argument.
 from jaxml.configs.decoding import DecodeConfig, SamplingConfig
 from jaxml.configs.layers import ACTIVATIONS, ATTENTION_TYPES, FFN_KINDS, AttentionConfig, FFNConfig
 from jaxml.configs.lm import LMConfig, SOTAConfig
+from jaxml.configs.lm_training import LMTrainConfig, default_lm_optimizer
 from jaxml.configs.models import CNNConfig, RegressorConfig, TransformerConfig, parse_latent_dims
 from jaxml.configs.speculative import SpeculativeConfig
 from jaxml.configs.training import (
@@ -34,6 +35,7 @@ __all__ = [
     "DecodeConfig",
     "FFNConfig",
     "LMConfig",
+    "LMTrainConfig",
     "OptimizerConfig",
     "RegressorConfig",
     "SOTAConfig",
@@ -41,5 +43,6 @@ __all__ = [
     "SpeculativeConfig",
     "TrainConfig",
     "TransformerConfig",
+    "default_lm_optimizer",
     "parse_latent_dims",
 ]

@@ -1,0 +1,214 @@
+"""`python -m experiments.generate`: sample text from a `train_sota` checkpoint.
+
+    python -m experiments.generate --ckpt DIR --prompt "The if statement"
+        [--max_new_tokens 100] [--temperature 0.8] [--top_k 40] [--top_p 0.95] [--min_p 0.05]
+        [--greedy] [--num_samples 1] [--seed 0] [--step N]
+
+`DIR` is a run directory or its `checkpoints/` folder. The checkpoint's model settings and the
+tokenizer saved beside it are restored; jax and torch checkpoints both work (torch weights are
+converted), and sampling always runs the jax decoding loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.common import cli_main, exit_process
+from jaxml.configs.lm_training import LMTrainConfig
+from jaxml.data.text import DataError, TokenData, load_tokenizer
+
+PROG = "python -m experiments.generate"
+
+
+@dataclass
+class Restored:
+    """A trained LM: its config, params (jax arrays), tokenizer, step and training settings."""
+
+    config: Any
+    params: Any
+    tokenizer: Any
+    step: int
+    train: LMTrainConfig
+
+    def evaluate(self, data: TokenData, train: LMTrainConfig) -> dict[str, float]:
+        """Validation loss and perplexity on one device (`train`'s batch and eval sizes)."""
+        import jax
+
+        from jaxml.models.lm import LM
+        from jaxml.training.lm_loop import evaluate_lm
+        from jaxml.training.lm_step import make_lm_eval_step
+        from jaxml.training.losses import module_apply
+
+        step = jax.jit(make_lm_eval_step(module_apply(LM(self.config))))
+        batch = min(train.batch_size, len(data.val))
+        return evaluate_lm(
+            lambda rows: step(self.params, rows), data.val, batch, train.eval_batches
+        )
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """`path/checkpoints` when `path` is a run directory, else `path`."""
+    path = Path(path)
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def load_checkpoint(path: str | Path, step: int | None = None) -> Restored:
+    """Restore the newest (or `step`'s) checkpoint under `path` with its tokenizer."""
+    import jax
+
+    from jaxml.configs.lm import LMConfig
+    from jaxml.models.lm import LM
+    from jaxml.training.lm_loop import init_lm_state
+
+    directory = checkpoint_dir(path)
+    if not directory.is_dir():
+        raise DataError(f"{path}: no such checkpoint directory")
+    tokenizer = load_tokenizer(directory / "tokenizer.json")
+    torch_steps = sorted(int(p.parent.name) for p in directory.glob("*/state.pt"))
+    if torch_steps:
+        return _load_torch(directory, tokenizer, step or torch_steps[-1])
+    from jaxml.training.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(directory)
+    try:
+        meta = ckpt.read_meta(step)
+        config = LMConfig(**meta["run"]["lm_config"])
+        train = LMTrainConfig.from_dict(meta["train"])
+        template = jax.eval_shape(lambda: init_lm_state(LM(config), train)[0])
+        state, meta = ckpt.restore(template, meta["step"])
+    finally:
+        ckpt.close()
+    return Restored(config, state.params, tokenizer, int(meta["step"]), train)
+
+
+def _load_torch(directory: Path, tokenizer: Any, step: int) -> Restored:
+    import jax
+    import torch
+
+    from jaxml.configs.lm import LMConfig
+    from jaxml.models.lm import LM
+    from jaxml.training.lm_loop import init_lm_state
+    from torchref.convert import from_state_dict
+
+    folder = directory / str(step)
+    if not (folder / "state.pt").is_file():
+        raise DataError(f"{directory}: no checkpoint for step {step}")
+    meta = json.loads((folder / "meta.json").read_text())
+    config = LMConfig(**meta["run"]["lm_config"])
+    train = LMTrainConfig.from_dict(meta["train"])
+    template = jax.eval_shape(lambda: init_lm_state(LM(config), train)[0].params)
+    state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+    params = jax.tree.map(jax.numpy.asarray, from_state_dict(state["model"], template))
+    return Restored(config, params, tokenizer, step, train)
+
+
+def sample(
+    restored: Restored,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    greedy: bool = False,
+    num_samples: int = 1,
+    seed: int = 0,
+) -> list[str]:
+    """`num_samples` continuations of `prompt` (prompt included), decoded to text."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxml.models.lm import generate
+
+    ids = restored.tokenizer.encode(prompt).ids
+    room = restored.config.max_seq_len - len(ids)
+    if not ids:
+        raise ValueError("--prompt must not be empty")
+    if max_new_tokens > room:
+        raise ValueError(
+            f"--max_new_tokens {max_new_tokens} does not fit: the prompt has {len(ids)} tokens "
+            f"and the model's max_seq_len is {restored.config.max_seq_len} (at most {room})"
+        )
+    prompt_ids = jnp.asarray([ids] * num_samples, jnp.int32)
+    tokens = generate(
+        restored.params,
+        restored.config,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        key=jax.random.key(seed),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        greedy=greedy,
+    )
+    return [restored.tokenizer.decode(list(ids) + [int(t) for t in row]) for row in tokens]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="run or checkpoints directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", "--top-k", type=int, default=None)
+    p.add_argument("--top_p", "--top-p", type=float, default=None)
+    p.add_argument("--min_p", "--min-p", type=float, default=None)
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (ignores sampling)")
+    p.add_argument("--num_samples", "--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise ValueError("--max_new_tokens and --num_samples must be positive integers")
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top_k must be a positive integer, got {args.top_k}")
+    for name in ("top_p", "min_p"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(f"--{name} must be in (0, 1], got {value}")
+
+
+def prepare(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Restored]:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    return args, load_checkpoint(args.ckpt, args.step)
+
+
+def execute(job: tuple[argparse.Namespace, Restored]) -> None:
+    args, restored = job
+    texts = sample(
+        restored,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        greedy=args.greedy,
+        num_samples=args.num_samples,
+        seed=args.seed,
+    )
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1}")
+        print(text)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    return cli_main(PROG, prepare, execute, argv)
+
+
+if __name__ == "__main__":
+    exit_process(run)
