@@ -154,11 +154,19 @@ def mapreduce(args: argparse.Namespace) -> list[Row]:
     return mapreduce_bench.run_benchmark(size_mb=20.0 if args.quick else 200.0)
 
 
+def speculative(args: argparse.Namespace) -> list[Row]:
+    """Speculative vs target-only decoding tokens/s, k = 2/4/8, batch 1/8 (see `experiments/bench_speculative.py`)."""
+    from experiments import bench_speculative
+
+    return bench_speculative.run_benchmark(quick=args.quick)
+
+
 REGISTRY: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "matmul_peak": matmul_peak,
     "attention": attention,
     "moe": moe,
     "mapreduce": mapreduce,
+    "speculative": speculative,
 }
 
 
