@@ -286,3 +286,17 @@ def test_draft_with_another_vocabulary_is_a_clear_error() -> None:
 def test_a_cache_too_small_for_the_run_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="needs prompt width 3 \\+ max_new_tokens 30"):
         run(random_table(0), random_table(1), max_new_tokens=30)
+
+
+def test_prompt_lengths_outside_the_prompt_are_a_clear_error() -> None:
+    lengths = np.array([0, 3, 2, 3, 3, 1, 2, 3])
+    with pytest.raises(ValueError, match="prompt_lengths must be in 1..3"):
+        generate(
+            random_table(0),
+            random_table(1),
+            RAGGED,
+            lengths,
+            SEEDS,
+            draft_steps=K,
+            max_new_tokens=4,
+        )

@@ -308,9 +308,12 @@ def speculative_generate(
             f"prompt_lengths and keys must be [batch]=[{batch}], "
             f"got {prompt_lengths.shape} and {keys.shape}"
         )
-    lengths = jax.device_get(prompt_lengths)
-    if lengths.min() < 1 or lengths.max() > width:
-        raise ValueError(f"prompt_lengths must be in 1..{width} (the prompt width), got {lengths}")
+    if not isinstance(prompt_lengths, jax.core.Tracer):  # checkable unless called under jit
+        lengths = jax.device_get(prompt_lengths)
+        if lengths.min() < 1 or lengths.max() > width:
+            raise ValueError(
+                f"prompt_lengths must be in 1..{width} (the prompt width), got {lengths}"
+            )
     needed = width + max_new_tokens + draft_steps - 1
     for name, cache in (("target", target_cache), ("draft", draft_cache)):
         layer = layer_caches(cache)[0]
