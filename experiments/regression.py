@@ -4,12 +4,15 @@
         [--autoregressive | --encoderdecoder] [--attention_type mha|mqa|gqa] [--num_groups N]
         [--moe] [--epochs N] [--lr X] [--optimizer adam|adamw|sgd|rmsprop]
         [--custom_act relu|tanh|gelu] [--latent_dims 128,64,32] [--backend jax|torch]
+        [--use_kv_cache | --no-use_kv_cache] [--expanding_context | --sliding_window N]
 
 Tasks (all synthetic, fixed by `--seed`):
 - linear / nlinear: `y = 1 - 2x + 0.5x^2 + 1.5x^3 + 0.1 N(0,1)` (the noise floor is MSE 0.01).
 - transformer: predict the sum of a sequence of `--seq_len` uniform values.
 - --autoregressive: next-value prediction on noisy sinusoids, then a free-running continuation.
 - --encoderdecoder: reverse the source sequence (teacher forcing), then greedy decoding.
+Both generate with the KV cache (`--no-use_kv_cache`: full recompute per step), keeping every
+position (`--expanding_context`, the default) or the last N (`--sliding_window N`).
 Prints the final train / validation loss; logs to a run directory (tensorboard) and keeps
 checkpoints there for `--restore DIR [--predict]`.
 """
@@ -35,7 +38,13 @@ from experiments.common import (
     train,
     train_config,
 )
-from jaxml.configs import FFNConfig, RegressorConfig, TransformerConfig, parse_latent_dims
+from jaxml.configs import (
+    DecodeConfig,
+    FFNConfig,
+    RegressorConfig,
+    TransformerConfig,
+    parse_latent_dims,
+)
 from jaxml.data import synthetic
 from jaxml.data.loader import ArrayDataset
 from jaxml.training.logging import RunLogger, prediction_figure
@@ -81,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seq_len", type=int, default=16)
     g.add_argument("--num_samples", type=int, default=None)
     g.add_argument("--noise", type=float, default=0.1, help="polynomial noise std")
+    g = parser.add_argument_group("generation (--autoregressive, --encoderdecoder)")
+    g.add_argument(
+        "--use_kv_cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode with the KV cache (default) or recompute the full prefix every step",
+    )
+    context = g.add_mutually_exclusive_group()
+    context.add_argument(
+        "--expanding_context", action="store_true", help="keep every position (default)"
+    )
+    context.add_argument(
+        "--sliding_window", type=int, default=None, metavar="N", help="attend to the last N"
+    )
     add_training_args(parser)
     return parser
 
@@ -174,6 +197,15 @@ def model_builder(config: RegressorConfig | TransformerConfig, mode: str) -> Any
     return build
 
 
+def decode_config(args: argparse.Namespace) -> DecodeConfig:
+    """The generation flags as a validated `DecodeConfig` (ValueError naming the field)."""
+    return DecodeConfig(
+        use_kv_cache=args.use_kv_cache,
+        expanding_context=args.sliding_window is None,
+        window=args.sliding_window,
+    )
+
+
 def generation_error(trained: Trained, args: argparse.Namespace, mode: str) -> float | None:
     """Free-running MSE: continue held-out sinusoids from their first half (autoregressive), or
     decode reversed sequences from the source alone (encoder-decoder)."""
@@ -195,9 +227,9 @@ def generation_error(trained: Trained, args: argparse.Namespace, mode: str) -> f
         x = torch.from_numpy(prefix).to(trained.device)
         trained.model.eval()
         out = (
-            predict_autoregressively(trained.model, x, steps)
+            predict_autoregressively(trained.model, x, steps, decode_config=decode_config(args))
             if mode == "autoregressive"
-            else generate(trained.model, x, steps)
+            else generate(trained.model, x, steps, decode_config=decode_config(args))
         )
         pred = out.cpu().numpy()
     else:
@@ -205,7 +237,9 @@ def generation_error(trained: Trained, args: argparse.Namespace, mode: str) -> f
         from jaxml.models.generation import predict_autoregressively as jpredict
 
         fn = jpredict if mode == "autoregressive" else jgenerate
-        pred = np.asarray(fn(trained.model, trained.params, prefix, steps))
+        pred = np.asarray(
+            fn(trained.model, trained.params, prefix, steps, decode_config=decode_config(args))
+        )
     return float(np.mean((pred - truth) ** 2))
 
 
@@ -227,6 +261,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.restore is not None:
         apply_saved_run(args)
     mode = mode_of(args)
+    decode_config(args)  # bad generation flags fail here, before any training
     fill_defaults(args, mode)
     train_data, val_data = make_data(args, mode)
     logdir = run_dir(args, "regression", mode)
