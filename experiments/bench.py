@@ -154,11 +154,21 @@ def mapreduce(args: argparse.Namespace) -> list[Row]:
     return mapreduce_bench.run_benchmark(size_mb=20.0 if args.quick else 200.0)
 
 
+def train(args: argparse.Namespace) -> list[Row]:
+    """One AdamW step of the LM (~5M and ~27M), jaxml vs torch eager vs torch.compile (see
+    `experiments/bench_train.py`)."""
+    from experiments import bench_train
+
+    args.rounds, args.steps = (3, 1) if args.quick else (5, 2)
+    return bench_train.run_benchmark(args)
+
+
 REGISTRY: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "matmul_peak": matmul_peak,
     "attention": attention,
     "moe": moe,
     "mapreduce": mapreduce,
+    "train": train,
 }
 
 

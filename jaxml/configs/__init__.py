@@ -7,6 +7,7 @@ any bad field is a `ValueError` naming it (`AttentionConfig.num_groups=3 is inva
 num_heads=8`), so a config can be a static `jax.jit` argument.
 """
 
+from jaxml.configs.decoding import DecodeConfig, SamplingConfig
 from jaxml.configs.layers import ACTIVATIONS, ATTENTION_TYPES, FFN_KINDS, AttentionConfig, FFNConfig
 from jaxml.configs.lm import LMConfig, SOTAConfig
 from jaxml.configs.lm_training import LMTrainConfig, default_lm_optimizer
@@ -30,12 +31,14 @@ __all__ = [
     "SCHEDULES",
     "AttentionConfig",
     "CNNConfig",
+    "DecodeConfig",
     "FFNConfig",
     "LMConfig",
     "LMTrainConfig",
     "OptimizerConfig",
     "RegressorConfig",
     "SOTAConfig",
+    "SamplingConfig",
     "TrainConfig",
     "TransformerConfig",
     "default_lm_optimizer",
