@@ -154,6 +154,15 @@ def mapreduce(args: argparse.Namespace) -> list[Row]:
     return mapreduce_bench.run_benchmark(size_mb=20.0 if args.quick else 200.0)
 
 
+def train(args: argparse.Namespace) -> list[Row]:
+    """One AdamW step of the LM (~5M and ~27M), jaxml vs torch eager vs torch.compile (see
+    `experiments/bench_train.py`)."""
+    from experiments import bench_train
+
+    args.rounds, args.steps = (3, 1) if args.quick else (5, 2)
+    return bench_train.run_benchmark(args)
+
+
 def speculative(args: argparse.Namespace) -> list[Row]:
     """Speculative vs target-only decoding tokens/s, k = 2/4/8, batch 1/8 (see `experiments/bench_speculative.py`)."""
     from experiments import bench_speculative
@@ -166,6 +175,7 @@ REGISTRY: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "attention": attention,
     "moe": moe,
     "mapreduce": mapreduce,
+    "train": train,
     "speculative": speculative,
 }
 

@@ -79,11 +79,20 @@ def load_checkpoint(path: str | Path, step: int | None = None) -> Restored:
         meta = ckpt.read_meta(step)
         config = LMConfig(**meta["run"]["lm_config"])
         train = LMTrainConfig.from_dict(meta["train"])
-        template = jax.eval_shape(lambda: init_lm_state(LM(config), train)[0])
-        state, meta = ckpt.restore(template, meta["step"])
+        template = on_one_device(jax.eval_shape(lambda: init_lm_state(LM(config), train)[0]))
+        state, meta = ckpt.restore(template, step)
     finally:
         ckpt.close()
     return Restored(config, state.params, tokenizer, int(meta["step"]), train)
+
+
+def on_one_device(abstract: Any) -> Any:
+    """Shapes and dtypes placed on the first device: restores a checkpoint written from any
+    number of devices (a mesh, pmap) into this process."""
+    import jax
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
 
 
 def _load_torch(directory: Path, tokenizer: Any, step: int) -> Restored:
@@ -107,6 +116,21 @@ def _load_torch(directory: Path, tokenizer: Any, step: int) -> Restored:
     return Restored(config, params, tokenizer, step, train)
 
 
+def check_prompt(tokenizer: Any, prompt: str, max_new_tokens: int, max_seq_len: int) -> list[int]:
+    """The prompt's token ids; ValueError when it is empty or it and `max_new_tokens` exceed
+    the model's `max_seq_len`."""
+    ids = tokenizer.encode(prompt).ids
+    if not ids:
+        raise ValueError("--prompt must not be empty")
+    room = max_seq_len - len(ids)
+    if max_new_tokens > room:
+        raise ValueError(
+            f"--max_new_tokens {max_new_tokens} does not fit: the prompt has {len(ids)} tokens "
+            f"and the model's max_seq_len is {max_seq_len} (at most {room} new tokens)"
+        )
+    return list(ids)
+
+
 def sample(
     restored: Restored,
     prompt: str,
@@ -126,15 +150,7 @@ def sample(
 
     from jaxml.models.lm import generate
 
-    ids = restored.tokenizer.encode(prompt).ids
-    room = restored.config.max_seq_len - len(ids)
-    if not ids:
-        raise ValueError("--prompt must not be empty")
-    if max_new_tokens > room:
-        raise ValueError(
-            f"--max_new_tokens {max_new_tokens} does not fit: the prompt has {len(ids)} tokens "
-            f"and the model's max_seq_len is {restored.config.max_seq_len} (at most {room})"
-        )
+    ids = check_prompt(restored.tokenizer, prompt, max_new_tokens, restored.config.max_seq_len)
     prompt_ids = jnp.asarray([ids] * num_samples, jnp.int32)
     tokens = generate(
         restored.params,
@@ -183,7 +199,9 @@ def check_args(args: argparse.Namespace) -> None:
 def prepare(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Restored]:
     args = build_parser().parse_args(argv)
     check_args(args)
-    return args, load_checkpoint(args.ckpt, args.step)
+    restored = load_checkpoint(args.ckpt, args.step)
+    check_prompt(restored.tokenizer, args.prompt, args.max_new_tokens, restored.config.max_seq_len)
+    return args, restored
 
 
 def execute(job: tuple[argparse.Namespace, Restored]) -> None:

@@ -32,6 +32,7 @@ from experiments.common import (
     explicit_flags,
     limit_threads,
 )
+from experiments.generate import check_prompt
 from jaxml.configs.lm_training import LMTrainConfig
 from jaxml.configs.training import OptimizerConfig
 from jaxml.data.text import (
@@ -46,7 +47,9 @@ from jaxml.training.logging import RunLogger, lm_flops_per_token, loss_curve_fig
 
 PROG = "python -m experiments.train_sota"
 BACKENDS = ("jax", "torch")
-# Flags that define a run: saved in run.json, and taken from it on --resume.
+# run.json holds every flag but these; --resume takes them back unless given again.
+NOT_SAVED = ("run_dir", "resume", "coordinator", "num_processes", "process_id")
+# Flags that define the run: given again on --resume, they must equal the saved values.
 RUN_FLAGS = (
     "data vocab_size seq_len val_fraction embed_dim num_layers num_heads num_groups "
     "attention_type ffn_latent_dim tie_embeddings dtype moe num_experts topk steps batch_size "
@@ -174,8 +177,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def resolve_run_dir(args: argparse.Namespace, explicit: set[str], primary: bool) -> Path:
-    """The run directory. On `--resume` the saved run-defining flags replace the defaults; one
-    given again with another value is refused. A new run never reuses a run's directory."""
+    """The run directory. On `--resume` the saved flags replace the defaults; a run-defining
+    one given again with another value is refused. A new run never reuses a run's directory."""
     if args.run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return Path("runs") / "train_sota" / f"{stamp}-{os.getpid()}"
@@ -198,7 +201,8 @@ def resolve_run_dir(args: argparse.Namespace, explicit: set[str], primary: bool)
                 "drop them, or start a new run"
             )
         for name, value in saved.items():
-            setattr(args, name, value)
+            if name not in explicit:
+                setattr(args, name, value)
     elif primary and saved_path.exists():
         raise ValueError(
             f"--run_dir {run_dir} already holds a run; pass --resume to continue it or choose "
@@ -305,6 +309,7 @@ def prepare(argv: Sequence[str] | None) -> Job:
         parallel = "mesh" if jax.device_count() > 1 else "none"
     config = lm_config(args, tokenizer.get_vocab_size())
     train = train_config(args, run_dir, parallel)
+    check_prompt(tokenizer, args.prompt, args.max_new_tokens, config.max_seq_len)
     return Job(args, run_dir, tokenizer, data, config, train, corpus.describe())
 
 
@@ -326,13 +331,14 @@ def _tokenizer(args: argparse.Namespace, run_dir: Path, documents: Any, primary:
 
 
 def write_run_files(job: Job) -> None:
-    """run.json (the run-defining flags) and checkpoints/tokenizer.json, written atomically."""
+    """run.json (the flags) and checkpoints/tokenizer.json, written atomically."""
     checkpoints = job.run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     if not (checkpoints / "tokenizer.json").exists():
         save_tokenizer(job.tokenizer, checkpoints / "tokenizer.json")
     tmp = job.run_dir / ".run.json.tmp"
-    tmp.write_text(json.dumps({name: getattr(job.args, name) for name in RUN_FLAGS}, indent=2))
+    saved = {name: value for name, value in vars(job.args).items() if name not in NOT_SAVED}
+    tmp.write_text(json.dumps(saved, indent=2))
     tmp.replace(job.run_dir / "run.json")
 
 

@@ -1,5 +1,6 @@
 """The Llama-style LM: config validation and original names, parameter layout, causality, cached
-decoding == full forward (ragged rows), bfloat16 mixed precision, MoE aux."""
+decoding == full forward (ragged rows), bfloat16 mixed precision, MoE aux, `generate` (cached ==
+recompute for greedy and sampled tokens, ragged prompts, EOS, sliding window, limits)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 from jax import Array
 
+from jaxml.configs import DecodeConfig, SamplingConfig
 from jaxml.configs.lm import LMConfig, SOTAConfig, llama_ffn_latent_dim
 from jaxml.layers import kv_cache
-from jaxml.models.lm import LM, init_cache
+from jaxml.models.lm import LM, generate, init_cache
 
 CFG = LMConfig(
     vocab_size=32, embed_dim=16, num_layers=2, num_heads=4, ffn_latent_dim=24, max_seq_len=16
@@ -150,3 +152,50 @@ def test_moe_aux_statistics() -> None:
     _, aux = model.apply(params, IDS)
     assert aux["tokens_per_expert"].shape == (2, 4)
     assert float(aux["dropped_fraction"]) > 0 and float(aux["aux_loss"]) > 0
+
+
+GEN_IDS = jnp.asarray(np.random.default_rng(1).integers(1, 32, (3, 6)), jnp.int32)
+GEN_LENGTHS = jnp.array([6, 3, 1], jnp.int32)
+
+
+@pytest.mark.parametrize(
+    "sampling_config",
+    [SamplingConfig(temperature=0.0), SamplingConfig(temperature=0.8, top_k=6, top_p=0.9)],
+    ids=["greedy", "top-k-top-p"],
+)
+def test_generate_cached_equals_recompute(sampling_config: SamplingConfig) -> None:
+    """Ragged right-padded prompts, EOS: the cached loop gives the full-recompute tokens."""
+    params = LM(CFG).init(jax.random.key(0), GEN_IDS)["params"]
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=6, sampling_config=sampling_config, key=jax.random.key(4), pad_id=-1
+    )
+    free = generate(params, CFG, GEN_IDS, GEN_LENGTHS, **kwargs)
+    eos = int(free.tokens[0, 2])  # row 0 stops after its third token
+    cached = generate(params, CFG, GEN_IDS, GEN_LENGTHS, eos_id=eos, **kwargs)
+    reference = generate(
+        params, CFG, GEN_IDS, GEN_LENGTHS, eos_id=eos,
+        decode_config=DecodeConfig(use_kv_cache=False), **kwargs,
+    )  # fmt: skip
+    np.testing.assert_array_equal(cached.tokens, reference.tokens)
+    np.testing.assert_array_equal(cached.num_generated, reference.num_generated)
+    first_eos = int(np.argmax(np.asarray(free.tokens[0]) == eos))
+    assert int(cached.num_generated[0]) == first_eos + 1
+    assert np.all(np.asarray(cached.tokens[0, first_eos + 1 :]) == -1)
+    # the greedy continuation of a row is its greedy argmax under the full forward pass
+    if sampling_config.greedy:
+        row = jnp.concatenate([GEN_IDS[1, :3], free.tokens[1, :2]])[None]
+        logits, _ = LM(CFG).apply({"params": params}, row)
+        assert int(jnp.argmax(logits[0, -1])) == int(free.tokens[1, 2])
+
+
+def test_generate_window_and_limits() -> None:
+    params = LM(CFG).init(jax.random.key(0), GEN_IDS)["params"]
+    # a window covering the whole sequence changes nothing
+    full = generate(params, CFG, GEN_IDS, GEN_LENGTHS, max_new_tokens=5)
+    window = DecodeConfig(expanding_context=False, window=10, max_seq_len=10)
+    windowed = generate(params, CFG, GEN_IDS, GEN_LENGTHS, max_new_tokens=5, decode_config=window)
+    np.testing.assert_array_equal(full.tokens, windowed.tokens)
+    with pytest.raises(ValueError, match="beyond LMConfig.max_seq_len=16"):
+        generate(params, CFG, GEN_IDS, max_new_tokens=12)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        generate(params, CFG, GEN_IDS, max_new_tokens=0)

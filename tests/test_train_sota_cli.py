@@ -43,6 +43,7 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["--vocab_size", "100"], "vocab_size=100 is invalid: must be an integer >= 257"),
         (["--seq_len", "100000"], "too short for one sequence"),
         (["--num_heads", "3"], "LMConfig."),
+        (["--max_new_tokens", "40"], "--max_new_tokens 40 does not fit"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):

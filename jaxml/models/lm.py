@@ -17,19 +17,22 @@ RoPE, the attention softmax, the MoE router and the final norm + logits compute 
 
 Training: `LM(config).apply({"params": p}, ids) -> (logits, aux)`, causal attention through the
 blockwise kernel. Decoding: `apply(..., method=LM.step)` with explicit positions, a per-layer
-cache tuple (`init_cache`) and a key mask; see `LM.step`.
+cache tuple (`init_cache`) and a key mask, driven by `jaxml.decoding.loop` in `generate`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import Array
+from jax import Array, lax
 
+from jaxml.configs import DecodeConfig, SamplingConfig
 from jaxml.configs.lm import LMConfig
+from jaxml.decoding import loop, sampling
 from jaxml.layers import kv_cache
 from jaxml.layers.attention import Attention
 from jaxml.layers.ffn import SwiGLU
@@ -173,3 +176,133 @@ def init_cache(
         batch, length, config.num_kv_heads, config.head_dim, window=window, dtype=dtype
     )
     return tuple(layer for _ in range(config.num_layers))
+
+
+class Generated(NamedTuple):
+    tokens: Array  # int32 [batch, max_new_tokens]; `pad_id` after a row's EOS / budget
+    num_generated: Array  # int32 [batch]: new tokens per row (its EOS included)
+
+
+def _prompt_lengths(prompt_ids: Array, prompt_lengths: Array | None) -> Array:
+    if prompt_ids.ndim != 2 or not jnp.issubdtype(prompt_ids.dtype, jnp.integer):
+        raise ValueError(f"prompt_ids must be integer [batch, prompt_len], got {prompt_ids.shape}")
+    if prompt_lengths is None:
+        return jnp.full(prompt_ids.shape[:1], prompt_ids.shape[1], jnp.int32)
+    return jnp.asarray(prompt_lengths, jnp.int32)
+
+
+def generate(
+    params: Any,
+    config: LMConfig,
+    prompt_ids: Array,
+    prompt_lengths: Array | None = None,
+    *,
+    max_new_tokens: int,
+    sampling_config: SamplingConfig | None = None,
+    decode_config: DecodeConfig | None = None,
+    key: Array | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    stop_early: bool = False,
+) -> Generated:
+    """Continue right-padded `prompt_ids [batch, prompt_len]` (row `b` is its first
+    `prompt_lengths[b]` tokens; default all) by up to `max_new_tokens` tokens each.
+
+    `sampling_config` (default greedy) picks each token from explicit noise drawn from `key`
+    (`jax.random.fold_in(key, step)`, see `jaxml.decoding.sampling`); a row stops after `eos_id`.
+    `decode_config` (default: cache, expanding context of prompt + new tokens) sets the cache
+    policy; `use_kv_cache=False` recomputes the whole sequence every step (the reference: same
+    tokens). With `stop_early` the loop ends when every row is done. Jitted per shape and config.
+    """
+    lengths = _prompt_lengths(jnp.asarray(prompt_ids), prompt_lengths)
+    sampling_config = sampling_config or SamplingConfig(temperature=0.0)
+    decode_config = decode_config or DecodeConfig()
+    key = jax.random.key(0) if key is None else key
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} is invalid: must be >= 1")
+    total = prompt_ids.shape[1] + max_new_tokens - 1
+    if decode_config.window is None and total > config.max_seq_len:
+        raise ValueError(
+            f"a {prompt_ids.shape[1]}-token prompt and {max_new_tokens} new tokens reach position "
+            f"{total - 1}, beyond LMConfig.max_seq_len={config.max_seq_len}"
+        )
+    static = (config, max_new_tokens, sampling_config, decode_config, eos_id, pad_id, stop_early)
+    fn = _generate_cached if decode_config.use_kv_cache else _generate_recompute
+    return fn(params, jnp.asarray(prompt_ids), lengths, key, *static)
+
+
+@partial(jax.jit, static_argnums=range(4, 11))
+def _generate_cached(
+    params: Any,
+    prompt_ids: Array,
+    lengths: Array,
+    key: Array,
+    config: LMConfig,
+    steps: int,
+    sampling_config: SamplingConfig,
+    decode_config: DecodeConfig,
+    eos_id: int | None,
+    pad_id: int,
+    stop_early: bool,
+) -> Generated:
+    model = LM(config)
+    cache_len = decode_config.cache_len(prompt_ids.shape[1], steps)
+    cache = init_cache(config, prompt_ids.shape[0], cache_len, window=decode_config.window)
+
+    def step(params: Any, cache: Any, ids: Array, positions: Array, mask: Array) -> Any:
+        return model.apply({"params": params}, ids, positions, cache, mask, method=LM.step)
+
+    result = loop.decode(
+        step,
+        params,
+        cache,
+        prompt_ids,
+        lengths,
+        steps=steps,
+        select=sampling.sampler(sampling_config),
+        key=key,
+        eos_id=eos_id,
+        stop_early=stop_early,
+        pad_value=pad_id,
+    )
+    return Generated(result.outputs, result.num_generated)
+
+
+@partial(jax.jit, static_argnums=range(4, 11))
+def _generate_recompute(
+    params: Any,
+    prompt_ids: Array,
+    lengths: Array,
+    key: Array,
+    config: LMConfig,
+    steps: int,
+    sampling_config: SamplingConfig,
+    decode_config: DecodeConfig,
+    eos_id: int | None,
+    pad_id: int,
+    stop_early: bool,
+) -> Generated:
+    """The reference: a full causal forward pass over a fixed `[batch, prompt_len + steps]`
+    buffer per step (no cache, no window); token `i` is read at each row's last filled position."""
+    del decode_config, stop_early  # the fori_loop always runs every step
+    model, select = LM(config), sampling.sampler(sampling_config)
+    batch = prompt_ids.shape[0]
+    rows = jnp.arange(batch)
+    buffer = jnp.zeros((batch, prompt_ids.shape[1] + steps), jnp.int32)
+    buffer = buffer.at[:, : prompt_ids.shape[1]].set(prompt_ids)
+    out = jnp.full((batch, steps), pad_id, jnp.int32)
+
+    def body(i: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        buffer, out, done = carry
+        logits, _ = model.apply({"params": params}, buffer[:, :-1])
+        token = select(logits[rows, lengths + i - 1], jax.random.fold_in(key, i))
+        buffer = buffer.at[rows, lengths + i].set(token)
+        out = out.at[:, i].set(jnp.where(done, pad_id, token))
+        return buffer, out, done if eos_id is None else done | (token == eos_id)
+
+    _, out, _ = lax.fori_loop(0, steps, body, (buffer, out, jnp.zeros((batch,), bool)))
+    count = jnp.full((batch,), steps, jnp.int32)
+    if eos_id is not None:  # up to and including the first EOS
+        is_eos = out == eos_id
+        count = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, steps)
+    return Generated(out, count.astype(jnp.int32))

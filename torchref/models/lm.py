@@ -1,7 +1,7 @@
 """The Llama-style decoder-only LM, PyTorch twin of `jaxml.models.lm`.
 
 Same modules and names (`embed`, `layers.N.{attn_norm, attn, ffn_norm, ffn}`, `norm`, `lm_head`
-unless `tie_embeddings`), same `(logits, aux)` output and `step` decode call, so
+unless `tie_embeddings`), same `(logits, aux)` output, `step` decode call and `generate`, so
 `torchref.convert` maps the two parameter sets one to one. Under `dtype="bfloat16"` the blocks run
 in `torch.autocast` (bfloat16 matmuls); the final norm and the logits stay float32.
 """
@@ -9,12 +9,15 @@ in `torch.autocast` (bfloat16 matmuls); the final norm and the logits stay float
 from __future__ import annotations
 
 import contextlib
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jaxml.configs import DecodeConfig, SamplingConfig
 from jaxml.configs.lm import LMConfig
+from torchref.decoding import loop, sampling
 from torchref.layers import kv_cache
 from torchref.layers.attention import Attention
 from torchref.layers.ffn import SwiGLU
@@ -145,3 +148,59 @@ def init_cache(
         device=device,
     )
     return tuple(layer for _ in range(config.num_layers))
+
+
+class Generated(NamedTuple):
+    tokens: torch.Tensor  # int32 [batch, max_new_tokens]; `pad_id` after a row is done
+    num_generated: torch.Tensor  # int32 [batch]
+
+
+@torch.no_grad()
+def generate(
+    model: LM,
+    prompt_ids: torch.Tensor,
+    prompt_lengths: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int,
+    sampling_config: SamplingConfig | None = None,
+    noise: torch.Tensor | None = None,
+    decode_config: DecodeConfig | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    stop_early: bool = False,
+) -> Generated:
+    """As jaxml's `generate` (cached decoding only); sampling reads `noise [max_new_tokens,
+    batch, vocab]` (Exponential(1), e.g. the noise jaxml drew) instead of a key; greedy needs none.
+    """
+    config = model.config
+    sampling_config = sampling_config or SamplingConfig(temperature=0.0)
+    decode_config = decode_config or DecodeConfig()
+    if not decode_config.use_kv_cache:
+        raise ValueError(
+            "torchref generate decodes with the cache (DecodeConfig.use_kv_cache=True)"
+        )
+    batch, prompt_len = prompt_ids.shape
+    if prompt_lengths is None:
+        prompt_lengths = torch.full((batch,), prompt_len, dtype=torch.int32)
+    if noise is None:
+        if not sampling_config.greedy:
+            raise ValueError("sampling needs noise [max_new_tokens, batch, vocab_size]")
+        noise = torch.ones(max_new_tokens, batch, config.vocab_size)
+    cache_len = decode_config.cache_len(prompt_len, max_new_tokens)
+    cache = init_cache(config, batch, cache_len, decode_config.window, prompt_ids.device)
+
+    def step(cache: Cache, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> Any:
+        return model.step(ids, positions, cache, mask)
+
+    result = loop.decode(
+        step,
+        cache,
+        prompt_ids,
+        prompt_lengths,
+        steps=max_new_tokens,
+        select=sampling.sampler(sampling_config, noise),
+        eos_id=eos_id,
+        stop_early=stop_early,
+        pad_value=pad_id,
+    )
+    return Generated(result.outputs, result.num_generated)
