@@ -3,16 +3,20 @@
     python -m experiments.generate --ckpt DIR --prompt "The if statement"
         [--max_new_tokens 100] [--temperature 0.8] [--top_k 40] [--top_p 0.95] [--min_p 0.05]
         [--greedy] [--num_samples 1] [--seed 0] [--step N]
+        [--draft-ckpt DRAFT_DIR [--speculative-k 4]]
 
 `DIR` is a run directory or its `checkpoints/` folder. The checkpoint's model settings and the
 tokenizer saved beside it are restored; jax and torch checkpoints both work (torch weights are
-converted), and sampling always runs the jax decoding loop.
+converted), and sampling always runs the jax decoding loop. With `--draft-ckpt`, a smaller LM
+trained on the same tokenizer drafts `--speculative-k` tokens per round for the target to verify
+(speculative decoding, docs/speculative.md): the same output distribution, fewer target calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +171,85 @@ def sample(
     return [restored.tokenizer.decode(list(ids) + [int(t) for t in row]) for row in tokens]
 
 
+def speculative_sample(
+    target: Restored,
+    draft: Restored,
+    prompt: str,
+    *,
+    draft_steps: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    greedy: bool = False,
+    num_samples: int = 1,
+    seed: int = 0,
+) -> tuple[list[str], str]:
+    """Like `sample`, with `draft` proposing `draft_steps` tokens per round; also a stats line."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments.bench_speculative import LMStep
+    from jaxml.configs import SamplingConfig, SpeculativeConfig
+    from jaxml.decoding.speculative import speculative_generate
+    from jaxml.models.lm import init_cache
+
+    ids = target.tokenizer.encode(prompt).ids
+    room = check_pair(target, draft, ids, max_new_tokens, draft_steps)
+    sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
+    tokens, num, stats = speculative_generate(
+        LMStep(target.config),
+        LMStep(draft.config),
+        target.params,
+        draft.params,
+        init_cache(target.config, num_samples, room),
+        init_cache(draft.config, num_samples, room),
+        jnp.asarray([ids] * num_samples, jnp.int32),
+        jnp.full((num_samples,), len(ids), jnp.int32),
+        jax.random.split(jax.random.key(seed), num_samples),
+        config=SpeculativeConfig(draft_steps=draft_steps, sampling=sampling),
+        max_new_tokens=max_new_tokens,
+    )
+    texts = [
+        target.tokenizer.decode(list(ids) + [int(t) for t in row[:n]])
+        for row, n in zip(np.asarray(tokens), np.asarray(num), strict=True)
+    ]
+    line = (
+        f"speculative k={draft_steps}: acceptance {float(np.mean(stats.acceptance_rate)):.2f}, "
+        f"{float(np.mean(stats.tokens_per_round)):.2f} tokens/round, "
+        f"{int(stats.target_calls)} target calls, {int(stats.draft_calls)} draft calls"
+    )
+    return texts, line
+
+
+def check_pair(
+    target: Restored, draft: Restored, ids: list[int], max_new_tokens: int, draft_steps: int
+) -> int:
+    """The draft must speak the target's vocabulary and both must hold the run; -> cache length."""
+    if not ids:
+        raise ValueError("--prompt must not be empty")
+    room = len(ids) + max_new_tokens + draft_steps - 1
+    for name, model in (("--ckpt", target), ("--draft-ckpt", draft)):
+        if room > model.config.max_seq_len:
+            raise ValueError(
+                f"--max_new_tokens {max_new_tokens} does not fit {name}: the prompt has {len(ids)} "
+                f"tokens, speculation needs --speculative-k - 1 = {draft_steps - 1} more, and "
+                f"max_seq_len is {model.config.max_seq_len}"
+            )
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(
+            f"--draft-ckpt vocab_size={draft.config.vocab_size} differs from --ckpt's "
+            f"{target.config.vocab_size}: the draft must share the target's tokenizer"
+        )
+    if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+        raise ValueError(
+            "--draft-ckpt has another tokenizer than --ckpt: train both on the same data"
+        )
+    return room
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, metavar="DIR", help="run or checkpoints directory")
@@ -180,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="argmax decoding (ignores sampling)")
     p.add_argument("--num_samples", "--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--draft-ckpt",
+        "--draft_ckpt",
+        metavar="DIR",
+        default=None,
+        help="a smaller LM on the same tokenizer: speculative decoding",
+    )
+    p.add_argument(
+        "--speculative-k",
+        "--speculative_k",
+        type=int,
+        default=None,
+        help="draft tokens per round with --draft-ckpt (default 4)",
+    )
     return p
 
 
@@ -194,21 +291,37 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and not 0.0 < value <= 1.0:
             raise ValueError(f"--{name} must be in (0, 1], got {value}")
+    if args.speculative_k is not None and args.draft_ckpt is None:
+        raise ValueError("--speculative-k needs --draft-ckpt (the draft model)")
+    if args.speculative_k is not None and args.speculative_k < 1:
+        raise ValueError(f"--speculative-k must be a positive integer, got {args.speculative_k}")
 
 
-def prepare(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Restored]:
+Job = tuple[argparse.Namespace, Restored, Restored | None]
+
+
+def speculative_k(args: argparse.Namespace) -> int:
+    return 4 if args.speculative_k is None else args.speculative_k
+
+
+def prepare(argv: Sequence[str] | None) -> Job:
     args = build_parser().parse_args(argv)
     check_args(args)
     restored = load_checkpoint(args.ckpt, args.step)
-    check_prompt(restored.tokenizer, args.prompt, args.max_new_tokens, restored.config.max_seq_len)
-    return args, restored
+    if args.draft_ckpt is None:
+        check_prompt(
+            restored.tokenizer, args.prompt, args.max_new_tokens, restored.config.max_seq_len
+        )
+        return args, restored, None
+    draft = load_checkpoint(args.draft_ckpt)
+    ids = restored.tokenizer.encode(args.prompt).ids
+    check_pair(restored, draft, ids, args.max_new_tokens, speculative_k(args))
+    return args, restored, draft
 
 
-def execute(job: tuple[argparse.Namespace, Restored]) -> None:
-    args, restored = job
-    texts = sample(
-        restored,
-        args.prompt,
+def execute(job: Job) -> None:
+    args, restored, draft = job
+    settings = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -218,6 +331,12 @@ def execute(job: tuple[argparse.Namespace, Restored]) -> None:
         num_samples=args.num_samples,
         seed=args.seed,
     )
+    if draft is None:
+        texts = sample(restored, args.prompt, **settings)
+    else:
+        k = speculative_k(args)
+        texts, line = speculative_sample(restored, draft, args.prompt, draft_steps=k, **settings)
+        print(line, file=sys.stderr)
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1}")
