@@ -112,3 +112,12 @@ def test_the_loop_gives_the_same_tokens_and_statistics(
         int(stats.target_calls),
         int(stats.draft_calls),
     )
+
+
+def test_torch_seeded_noise_is_per_row_and_per_round() -> None:
+    batched = tspec.seeded_noise([5, 6], draft_steps=3, vocab=4)
+    alone = tspec.seeded_noise([6], draft_steps=3, vocab=4)
+    for field, ours, single in zip(tspec.RoundNoise._fields, batched(2), alone(2), strict=True):
+        torch.testing.assert_close(ours[1], single[0], msg=field)
+    assert not torch.equal(batched(2).uniforms, batched(3).uniforms)
+    assert float(batched(0).draft.min()) > 0  # never 0: argmax(probs / noise) stays finite
