@@ -92,17 +92,22 @@ def load_pair() -> tuple[Model, Model, str, np.ndarray]:
     return models[0], models[1], "untrained L8/L2", np.arange(16) % 2048
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
+def interleaved_medians(runs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, float]:
+    """Median seconds of each run (compiled and warm), timed round-robin: on a shared machine
+    a burst of load then hits every contender alike."""
+    for run in runs.values():
+        jax.block_until_ready(run())
+    times: dict[Any, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(run())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def step_time(model: Model, batch: int, tokens: int, repeats: int) -> float:
-    """Seconds of one jitted cached call on `tokens` new tokens after a 64-token context."""
+def step_call(model: Model, batch: int, tokens: int) -> Callable[[], Any]:
+    """One jitted cached model call on `tokens` new tokens after a 64-token context."""
     cache = init_cache(model.config, batch, 128)
     cache = tuple(kv_cache.append(c, c.k[:, :64], c.v[:, :64]) for c in cache)
     layer = cache[0]
@@ -110,8 +115,7 @@ def step_time(model: Model, batch: int, tokens: int, repeats: int) -> float:
     mask = kv_cache.attention_mask(layer, tokens)
     ids = jnp.zeros((batch, tokens), jnp.int32)
     call = jax.jit(model.step)
-    jax.block_until_ready(call(model.params, cache, ids, positions, mask))
-    return median_time(lambda: call(model.params, cache, ids, positions, mask)[0], repeats)
+    return lambda: call(model.params, cache, ids, positions, mask)[0]
 
 
 def target_only_run(target: Model, prompt: jax.Array, max_new: int) -> Callable[[], Any]:
@@ -167,17 +171,13 @@ def bench_batch(
     repeats: int,
 ) -> list[Row]:
     batch = prompt.shape[0]
-    t_target = step_time(target, batch, 1, repeats)
-    t_draft = step_time(draft, batch, 1, repeats)
-    runs = {"target": target_only_run(target, prompt, max_new)}
+    runs: dict[Any, Callable[[], Any]] = {"target": target_only_run(target, prompt, max_new)}
     runs.update({k: speculative_run(target, draft, prompt, max_new, k) for k in ks})
-    stats = {k: jax.block_until_ready(runs[k]())[2] for k in ks}  # compiles, too
-    jax.block_until_ready(runs["target"]())
-    timings: dict[Any, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):  # interleaved, so load on the shared machine hits all alike
-        for name, run in runs.items():
-            timings[name].append(median_time(run, 1))
-    base = statistics.median(timings["target"])
+    stats = {k: jax.block_until_ready(runs[k]())[2] for k in ks}
+    runs.update({"t1": step_call(target, batch, 1), "d1": step_call(draft, batch, 1)})
+    runs.update({("score", k): step_call(target, batch, k + 1) for k in ks})
+    seconds = interleaved_medians(runs, repeats)
+    base, t_target, t_draft = seconds["target"], seconds["t1"], seconds["d1"]
     tokens = batch * max_new
     rows: list[Row] = [
         {
@@ -188,14 +188,13 @@ def bench_batch(
         }
     ]
     for k in ks:
-        t_score = step_time(target, batch, k + 1, repeats)
+        t_score = seconds[("score", k)]
         per_round = float(np.mean(stats[k].tokens_per_round))
-        seconds = statistics.median(timings[k])
         rows.append(
             {
                 "case": f"{pair} b{batch} k={k}",
-                "tok_s": tokens / seconds,
-                "speedup": base / seconds,
+                "tok_s": tokens / seconds[k],
+                "speedup": base / seconds[k],
                 "acceptance": float(np.mean(stats[k].acceptance_rate)),
                 "tokens/round": per_round,
                 "predicted": per_round * t_target / (t_score + (k + 1) * t_draft),
@@ -206,12 +205,36 @@ def bench_batch(
     return rows
 
 
+def verification_cost(quick: bool) -> list[Row]:
+    """What one target call on k + 1 = 5 tokens costs against one on 1 token, by model width.
+
+    Speculation pays when scoring k + 1 tokens costs about one step (a memory-bound model);
+    on a CPU a small model is compute-bound and the cost grows with the tokens scored.
+    """
+    rows = []
+    for width in (256,) if quick else (256, 512, 1024):
+        config = LMConfig(vocab_size=2048, embed_dim=width, num_layers=8, num_heads=8, num_groups=2)
+        params = LM(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+        model = Model(config, params)
+        seconds = interleaved_medians({1: step_call(model, 1, 1), 5: step_call(model, 1, 5)}, 7)
+        rows.append(
+            {
+                "case": f"untrained L8 d{width} b1: 5-token call / 1-token call",
+                "score/target step": seconds[5] / seconds[1],
+                "ms": seconds[1] * 1e3,
+            }
+        )
+    return rows
+
+
 def run_benchmark(quick: bool = False) -> list[Row]:
     target, draft, pair, prompt_ids = load_pair()
     max_new, repeats = (32, 3) if quick else (128, 5)
     ks = (2, 4) if quick else (2, 4, 8)
+    fits = min(target.config.max_seq_len, draft.config.max_seq_len) - len(prompt_ids) - max(ks)
+    max_new = min(max_new, fits)  # trained models hold only their training sequence length
     rows: list[Row] = []
     for batch in (1,) if quick else (1, 8):
         prompt = jnp.asarray(np.tile(prompt_ids, (batch, 1)), jnp.int32)
         rows += bench_batch(target, draft, pair, prompt, max_new, ks, repeats)
-    return rows
+    return rows + verification_cost(quick)
