@@ -76,7 +76,8 @@ def load_pair() -> tuple[Model, Model, str, np.ndarray]:
 
         target, draft = load_checkpoint(target_dir), load_checkpoint(draft_dir)
         ids = target.tokenizer.encode("The if statement is used for conditional execution").ids
-        pair = f"trained L{target.config.num_layers}/L{draft.config.num_layers}"
+        shape = lambda c: f"L{c.num_layers}d{c.embed_dim}"  # noqa: E731
+        pair = f"trained {shape(target.config)}/{shape(draft.config)}"
         return (
             Model(target.config, target.params),
             Model(draft.config, draft.params),
@@ -89,7 +90,7 @@ def load_pair() -> tuple[Model, Model, str, np.ndarray]:
         config = LMConfig(num_layers=layers, **base)
         params = LM(config).init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))["params"]
         models.append(Model(config, params))
-    return models[0], models[1], "untrained L8/L2", np.arange(16) % 2048
+    return models[0], models[1], "untrained L8d256/L2d256", np.arange(16) % 2048
 
 
 def interleaved_medians(runs: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, float]:
