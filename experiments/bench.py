@@ -152,8 +152,24 @@ def mapreduce(args: argparse.Namespace) -> list[Row]:
     return mapreduce_bench.run_benchmark(size_mb=20.0 if args.quick else 200.0)
 
 
+def bandwidth(args: argparse.Namespace) -> list[Row]:
+    """This machine's memory copy bandwidth (see `experiments/bench_decode.py`)."""
+    from experiments import bench_decode
+
+    return bench_decode.bandwidth_rows()
+
+
+def decode(args: argparse.Namespace) -> list[Row]:
+    """Cached vs recompute decoding, mha/gqa/mqa, jaxml vs torchref (`experiments/bench_decode.py`)."""
+    from experiments import bench_decode
+
+    return bench_decode.run_benchmark(quick=args.quick)
+
+
 REGISTRY: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "matmul_peak": matmul_peak,
+    "bandwidth": bandwidth,
+    "decode": decode,
     "attention": attention,
     "moe": moe,
     "mapreduce": mapreduce,
