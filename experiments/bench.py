@@ -163,6 +163,20 @@ def train(args: argparse.Namespace) -> list[Row]:
     return bench_train.run_benchmark(args)
 
 
+def bandwidth(args: argparse.Namespace) -> list[Row]:
+    """This machine's memory copy bandwidth (see `experiments/bench_decode.py`)."""
+    from experiments import bench_decode
+
+    return bench_decode.bandwidth_rows()
+
+
+def decode(args: argparse.Namespace) -> list[Row]:
+    """Cached vs recompute decoding, mha/gqa/mqa, jaxml vs torchref (`experiments/bench_decode.py`)."""
+    from experiments import bench_decode
+
+    return bench_decode.run_benchmark(quick=args.quick)
+
+
 def speculative(args: argparse.Namespace) -> list[Row]:
     """Speculative vs target-only decoding tokens/s, k = 2/4/8, batch 1/8 (see `experiments/bench_speculative.py`)."""
     from experiments import bench_speculative
@@ -172,6 +186,8 @@ def speculative(args: argparse.Namespace) -> list[Row]:
 
 REGISTRY: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "matmul_peak": matmul_peak,
+    "bandwidth": bandwidth,
+    "decode": decode,
     "attention": attention,
     "moe": moe,
     "mapreduce": mapreduce,

@@ -133,11 +133,11 @@ def explicit_flags(
 
 def apply_checkpoint(
     args: argparse.Namespace, explicit: set[str], run_flags: Sequence[str]
-) -> dict[str, Any]:
+) -> None:
     """With `--restore DIR`: the run settings stored in DIR's newest intact checkpoint replace
     the flags; a flag given again with a different value is refused (ValueError), since the
     model, data order and optimizer state are the checkpoint's. The checkpoint policy flags
-    are restored unless given. Returns the checkpoint's meta (data position, `run`, ...)."""
+    are restored unless given; a run whose checkpoint is past `--epochs` is refused as complete."""
     meta = saved_meta(args.restore)
     saved = dict(meta.get("run", {}))
     conflicts = [
@@ -162,7 +162,6 @@ def apply_checkpoint(
             f"epoch {meta.get('epoch')}, step {meta.get('step')}; --epochs {args.epochs}); "
             "pass a larger --epochs to train further, or --predict"
         )
-    return meta
 
 
 def _same(value: Any) -> Any:
@@ -388,9 +387,9 @@ def parse_run_args(
     with `--restore`, take the run settings from the checkpoint (see `apply_checkpoint`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    check_args(args)
     if args.restore is not None:
         apply_checkpoint(args, explicit_flags(build_parser, argv), run_flags)
+    check_args(args)
     return args
 
 

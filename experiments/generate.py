@@ -24,7 +24,7 @@ from typing import Any
 
 from experiments.common import cli_main, exit_process
 from jaxml.configs.lm_training import LMTrainConfig
-from jaxml.data.text import DataError, TokenData, load_tokenizer
+from jaxml.data.text import EOS, DataError, TokenData, load_tokenizer
 
 PROG = "python -m experiments.generate"
 
@@ -148,27 +148,32 @@ def sample(
     num_samples: int = 1,
     seed: int = 0,
 ) -> list[str]:
-    """`num_samples` continuations of `prompt` (prompt included), decoded to text."""
+    """`num_samples` continuations of `prompt` (prompt included), decoded to text; a row ends
+    at the end-of-text token."""
     import jax
     import jax.numpy as jnp
 
+    from jaxml.configs import SamplingConfig
     from jaxml.models.lm import generate
 
     ids = check_prompt(restored.tokenizer, prompt, max_new_tokens, restored.config.max_seq_len)
-    prompt_ids = jnp.asarray([ids] * num_samples, jnp.int32)
-    tokens = generate(
+    sampling = SamplingConfig(
+        temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p, min_p=min_p
+    )
+    generated = generate(
         restored.params,
         restored.config,
-        prompt_ids,
+        jnp.asarray([ids] * num_samples, jnp.int32),
         max_new_tokens=max_new_tokens,
+        sampling_config=sampling,
         key=jax.random.key(seed),
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        greedy=greedy,
+        eos_id=restored.tokenizer.token_to_id(EOS),
     )
-    return [restored.tokenizer.decode(list(ids) + [int(t) for t in row]) for row in tokens]
+    tokens, counts = jax.device_get((generated.tokens, generated.num_generated))
+    return [
+        restored.tokenizer.decode(ids + [int(t) for t in row[:n]])
+        for row, n in zip(tokens, counts, strict=True)
+    ]
 
 
 def speculative_sample(

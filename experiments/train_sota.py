@@ -1,5 +1,7 @@
-"""`python -m experiments.train_sota`: train the Llama-style LM on text, checkpoint it, restore
-the checkpoint, and print the validation loss, perplexity and a generated sample.
+"""`python -m experiments.train_sota`: train the Llama-style LM on text (the main job).
+
+Trains, checkpoints, restores the checkpoint, and prints the validation loss and perplexity
+against the unigram baseline, and a generated sample.
 
     python -m experiments.train_sota [--data PATH] [--backend jax|torch] [--steps N]
         [--run_dir DIR [--resume]] [--parallel none|mesh|pmap]
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="text file, directory, JSONL or TinyStories file")
-    g.add_argument("--vocab_size", type=int, default=2048, help="byte-level BPE vocabulary")
+    g.add_argument("--vocab_size", type=int, default=1024, help="byte-level BPE vocabulary")
     g.add_argument("--seq_len", type=int, default=128, help="tokens per training sequence")
     g.add_argument("--val_fraction", type=float, default=0.1, help="held-out share of tokens")
     g = p.add_argument_group("model (LMConfig)")
@@ -110,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("backend and devices")
     g.add_argument("--backend", choices=BACKENDS, default="jax")
     g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (torch) / CPUs used (jax)"
+    )
     g.add_argument(
         "--parallel",
         choices=("none", "mesh", "pmap"),
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_processes", "--num-processes", type=int, default=None)
     g.add_argument("--process_id", "--process-id", type=int, default=None)
     g = p.add_argument_group("the sample printed at the end (see experiments.generate)")
-    g.add_argument("--prompt", default="The ")
+    g.add_argument("--prompt", default="The")
     g.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=80)
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top_k", type=int, default=40)
@@ -425,7 +429,8 @@ def execute(job: Job) -> None:
     say(f"throughput  {result.tokens_per_sec:,.0f} tokens/s{mfu}")
     if job.primary:
         title = f"{config.num_layers} x {config.embed_dim} LM, {args.backend}"
-        loss_curve_figure(result.history, title).savefig(job.run_dir / "loss_curve.png")
+        figure = loss_curve_figure(result.history, title, baseline=entropy)
+        figure.savefig(job.run_dir / "loss_curve.png")
     if args.coordinator is not None:  # every process holds the final state
         say(
             f"validation  loss {result.val_loss:.4f} nats/token, perplexity "

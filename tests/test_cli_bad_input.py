@@ -129,12 +129,16 @@ def test_bad_value_is_one_line_and_exit_2(
 def test_output_locations_are_checked_before_training(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("mine")
-    for argv, flag in [
-        (["--checkpoint_dir", str(a_file)], "--checkpoint_dir"),
-        (["--logdir", str(a_file)], "--logdir"),
-    ]:
-        with pytest.raises(ValueError, match=f"{flag} .*not a directory"):
-            regression.prepare(["--epochs", "1", *argv])
+    for module in (regression, classify):
+        for argv, flag in [
+            (
+                ["--checkpoint_dir", str(a_file), "--logdir", str(tmp_path / "r")],
+                "--checkpoint_dir",
+            ),
+            (["--logdir", str(a_file)], "--logdir"),
+        ]:
+            with pytest.raises(ValueError, match=f"{flag} .*not a directory"):
+                module.prepare(["--epochs", "1", *argv])
     assert a_file.read_text() == "mine"
 
 

@@ -159,6 +159,24 @@ def test_ragged_rows_with_eos_equal_each_row_alone() -> None:
     np.testing.assert_array_equal(cache_lengths, lengths + 5)  # scan: every step runs
 
 
+def test_decoding_continues_a_cache_that_already_holds_context() -> None:
+    full, _, _ = GENERATE(PROMPTS, FULL, jax.random.key(0), steps=4, sampling_config=GREEDY)
+    cache = loop.run_step(_step, PARAMS, _cache(PROMPT + 3), PROMPTS[:, :2])[1]
+    result = jax.jit(
+        lambda cache: loop.decode(
+            _step, PARAMS, cache, PROMPTS[:, 2:], FULL - 2, steps=4,
+            select=sampling.sampler(GREEDY), key=jax.random.key(0),
+        )
+    )(cache)  # fmt: skip
+    np.testing.assert_array_equal(result.outputs, full)
+    np.testing.assert_array_equal(result.cache.lengths, [PROMPT + 3] * BATCH)
+    with pytest.raises(ValueError, match="already holds 2 positions"):
+        loop.decode(
+            _step, PARAMS, cache, PROMPTS[:, 2:], FULL - 2, steps=5,
+            select=sampling.sampler(GREEDY), key=jax.random.key(0),
+        )  # fmt: skip
+
+
 def test_while_loop_stops_when_every_row_is_done() -> None:
     free, _, _ = GENERATE(PROMPTS, FULL, jax.random.key(0), steps=6, sampling_config=GREEDY)
     eos_rows = [list(np.asarray(r)).index(int(free[0, 1])) for r in free if int(free[0, 1]) in r]

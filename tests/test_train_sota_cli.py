@@ -76,7 +76,7 @@ def finished_run(tmp_path_factory):
 def test_full_run_reports_restores_and_samples(finished_run):
     finished_run, out = finished_run
     for line in ("corpus      pydoc_data.topics", "baseline    unigram entropy", "throughput",
-                 "restored    step 8 from", "validation  loss", "sample      'The ' ->\nThe "):  # fmt: skip
+                 "restored    step 8 from", "validation  loss", "sample      'The' ->\nThe"):  # fmt: skip
         assert line in out, out
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == [
         "4",

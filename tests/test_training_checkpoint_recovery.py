@@ -79,6 +79,7 @@ TORCH_DAMAGE: dict[str, Callable[[Path], None]] = {
 }
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see cli_main
 @pytest.mark.parametrize("damage", JAX_DAMAGE)
 def test_jax_damaged_newest_falls_back(
     damage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture

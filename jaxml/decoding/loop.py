@@ -13,7 +13,8 @@ Ragged batches are RIGHT-padded: `prompt [batch, P, ...]` with `prompt_lengths [
 prefill writes all `P` positions, then `kv_cache.truncate` rolls each row back to its length, so
 every row keeps its true positions `0, 1, ...` (rotary/sinusoidal positions need no offset) and
 no cache slot is lost to padding; a row's first new token comes from its own last prompt position.
-Left padding would instead shift every row's positions or waste slots.
+Left padding would instead shift every row's positions or waste slots. The cache may already hold
+earlier context (a conversation continued): the prompt goes after it.
 
 Step `i` (0 = prefill) selects with `jax.random.fold_in(key, i)`. Everything is static-shaped and
 traced once: `lax.scan` over `steps - 1` decode steps, or, with `stop_early`, a `lax.while_loop`
@@ -72,7 +73,7 @@ def run_step(step: StepFn, params: Any, cache: Any, inputs: Array) -> tuple[Arra
     return step(params, cache, inputs, positions, mask)
 
 
-def _check(cache: Any, prompt: Array, prompt_lengths: Array, steps: int) -> KVCache:
+def _check(cache: Any, prompt: Array, prompt_lengths: Array, steps: int) -> None:
     caches = layer_caches(cache)
     if not caches:
         raise ValueError("the model cache holds no KVCache")
@@ -100,19 +101,27 @@ def _check(cache: Any, prompt: Array, prompt_lengths: Array, steps: int) -> KVCa
         lengths = np.asarray(prompt_lengths)
         if np.any((lengths < 1) | (lengths > prompt_len)):
             raise ValueError(f"prompt_lengths must be in [1, {prompt_len}], got {lengths}")
-    return first
+    if first.window is None and not isinstance(first.lengths, jax.core.Tracer):
+        held = int(np.max(np.asarray(first.lengths)))
+        if held + prompt_len + steps - 1 > first.cache_len:
+            raise ValueError(
+                f"the cache already holds {held} positions: {prompt_len} more and {steps} new "
+                f"tokens need cache_len >= {held + prompt_len + steps - 1}, it has {first.cache_len}"
+            )
 
 
 def prefill(
     step: StepFn, params: Any, cache: Any, prompt: Array, prompt_lengths: Array
 ) -> tuple[Array, Any]:
-    """Run the whole right-padded prompt in one call; `-> (outputs at each row's last position
-    [batch, ...], cache rolled back to prompt_lengths)`."""
+    """Run the whole right-padded prompt in one call, after whatever the cache already holds;
+    `-> (outputs at each row's last prompt position [batch, ...], cache holding each row's
+    earlier context + its prompt_lengths tokens)`."""
+    held = layer_caches(cache)[0].lengths
     outputs, cache = run_step(step, params, cache, prompt)
     last = jnp.take_along_axis(
         outputs, (prompt_lengths - 1).reshape(-1, *([1] * (outputs.ndim - 1))), axis=1
     )[:, 0]
-    return last, map_caches(lambda c: kv_cache.truncate(c, prompt_lengths), cache)
+    return last, map_caches(lambda c: kv_cache.truncate(c, held + prompt_lengths), cache)
 
 
 def decode(

@@ -61,9 +61,12 @@ def prediction_figure(prediction: np.ndarray, target: np.ndarray, title: str = "
     return fig
 
 
-def loss_curve_figure(history: list[dict[str, float]], title: str = "") -> Figure:
+def loss_curve_figure(
+    history: list[dict[str, float]], title: str = "", baseline: float | None = None
+) -> Figure:
     """Training loss (every logged step) and validation loss (every evaluation) against the
-    step, from rows `{"step", "train_loss"?, "val_loss"?}`."""
+    step, from rows `{"step", "train_loss"?, "val_loss"?}`; `baseline` (e.g. the unigram
+    entropy) as a dashed line."""
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot()
     for key, label, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
@@ -71,6 +74,8 @@ def loss_curve_figure(history: list[dict[str, float]], title: str = "") -> Figur
         if points:
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, style, label=label, markersize=3)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", label=f"unigram baseline {baseline:.2f}")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats / token)")
     ax.set_title(title)

@@ -80,6 +80,12 @@ def _check(cache: Any, prompt: torch.Tensor, prompt_lengths: torch.Tensor, steps
         raise ValueError(
             f"prompt_lengths must be in [1, {prompt_len}], got {prompt_lengths.tolist()}"
         )
+    held = int(first.lengths.max())
+    if first.window is None and held + prompt_len + steps - 1 > first.cache_len:
+        raise ValueError(
+            f"the cache already holds {held} positions: {prompt_len} more and {steps} new "
+            f"tokens need cache_len >= {held + prompt_len + steps - 1}, it has {first.cache_len}"
+        )
 
 
 @torch.no_grad()
@@ -105,10 +111,12 @@ def decode(
         done = (count >= budgets) | kv_cache.is_full(layer_caches(cache)[0])
         return done if eos_id is None else done | (current == eos_id)
 
+    held = layer_caches(cache)[0].lengths
     outputs, cache = run_step(step, cache, prompt)
     index = (lengths - 1).view(-1, *([1] * (outputs.ndim - 1))).expand(-1, 1, *outputs.shape[2:])
     last = outputs.gather(1, index)[:, 0]
-    cache = map_caches(lambda c: kv_cache.truncate(c, lengths.to(torch.int32)), cache)
+    kept = (held + lengths).to(torch.int32)
+    cache = map_caches(lambda c: kv_cache.truncate(c, kept), cache)
     current = select(last, 0)
     buffer = torch.full(
         (current.shape[0], steps, *current.shape[1:]),
