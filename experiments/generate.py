@@ -191,7 +191,8 @@ def speculative_sample(
     num_samples: int = 1,
     seed: int = 0,
 ) -> tuple[list[str], str]:
-    """Like `sample`, with `draft` proposing `draft_steps` tokens per round; also a stats line."""
+    """Like `sample` (a row ends at end-of-text), with `draft` proposing `draft_steps` tokens per
+    round; also returns a line of statistics."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -216,6 +217,7 @@ def speculative_sample(
         jax.random.split(jax.random.key(seed), num_samples),
         config=SpeculativeConfig(draft_steps=draft_steps, sampling=sampling),
         max_new_tokens=max_new_tokens,
+        eos_id=target.tokenizer.token_to_id(EOS),
     )
     texts = [
         target.tokenizer.decode(list(ids) + [int(t) for t in row[:n]])
