@@ -1,8 +1,9 @@
 """Speculative decoding parity: jaxml and torchref emit the same tokens for the same noise.
 
-The round decision (`verify`) on random float32 probabilities, and the whole loop on the
-table-driven models of `tests/test_speculative_loop.py` (ragged prompts, EOS, a length budget
-reached mid-round), with jaxml's per-row noise handed to the torch twin round by round.
+The round decision (`verify`) on random float32 probabilities; the whole loop on the table-driven
+models of `tests/test_speculative_loop.py` (ragged prompts, EOS, a length budget reached mid-round)
+and on the tiny real LMs of `tests/test_speculative_lm.py` (weights converted), with jaxml's
+per-row noise handed to the torch twin round by round.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import torch
 import jaxml.decoding.speculative as spec
 import torchref.decoding.speculative as tspec
 from jaxml.configs import SpeculativeConfig
+from tests.test_speculative_lm import DRAFT, LENGTHS, TARGET
+from tests.test_speculative_lm import RAGGED as LM_PROMPTS
+from tests.test_speculative_lm import generate as lm_generate
 from tests.test_speculative_loop import (
     BOS,
     MAX_NEW,
@@ -29,7 +33,10 @@ from tests.test_speculative_loop import (
     random_table,
     run,
 )
+from torchref.convert import load_jaxml_params
 from torchref.layers import kv_cache
+from torchref.models.lm import LM as TorchLM
+from torchref.models.lm import init_cache as torch_init_cache
 
 
 def test_verify_gives_the_same_tokens_for_the_same_noise() -> None:
@@ -121,3 +128,32 @@ def test_torch_seeded_noise_is_per_row_and_per_round() -> None:
         torch.testing.assert_close(ours[1], single[0], msg=field)
     assert not torch.equal(batched(2).uniforms, batched(3).uniforms)
     assert float(batched(0).draft.min()) > 0  # never 0: argmax(probs / noise) stays finite
+
+
+def test_real_lms_give_the_same_tokens_for_the_same_noise() -> None:
+    """The tiny LM pair of `tests/test_speculative_lm.py` in both frameworks (weights converted)."""
+    seeds, k, max_new = np.arange(4), 3, 8
+    tokens, num, stats = lm_generate(LM_PROMPTS, LENGTHS, seeds, k=k, max_new=max_new)
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+    round_noise = jax.jit(spec.round_noise, static_argnums=(2, 3))
+
+    def noise(round_index: int) -> tspec.RoundNoise:
+        jax_noise = round_noise(keys, jnp.int32(round_index), k, TARGET[0].vocab_size)
+        return tspec.RoundNoise(*(torch.from_numpy(np.array(a)) for a in jax_noise))
+
+    target, draft = (load_jaxml_params(TorchLM(c), p).eval() for c, p in (TARGET, DRAFT))
+    room = LM_PROMPTS.shape[1] + max_new + k
+    t_tokens, t_num, t_stats = tspec.speculative_generate(
+        lambda cache, ids, positions, mask: target.step(ids, positions, cache, mask),
+        lambda cache, ids, positions, mask: draft.step(ids, positions, cache, mask),
+        torch_init_cache(TARGET[0], 4, room),
+        torch_init_cache(DRAFT[0], 4, room),
+        torch.from_numpy(LM_PROMPTS),
+        torch.from_numpy(LENGTHS),
+        noise,
+        config=SpeculativeConfig(draft_steps=k, sampling=SAMPLE),
+        max_new_tokens=max_new,
+    )
+    np.testing.assert_array_equal(t_num.numpy(), num)
+    np.testing.assert_array_equal(t_tokens.numpy(), tokens)
+    np.testing.assert_array_equal(t_stats.accepted.numpy(), stats.accepted)
