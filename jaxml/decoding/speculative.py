@@ -11,6 +11,11 @@ the same noise gives the same tokens in the torchref twin:
 - `count_accepted`: the leading run of accepted drafts per row;
 - `correction_probs`: normalise(max(0, P − Q)) at the first rejection, P itself for the bonus;
 - `verify`: one round's decision, the tokens emitted and how many drafts each row kept.
+
+`speculative_generate` runs the rounds in one compiled `lax.while_loop` (static shapes, no host
+sync): the draft's k cached steps in a `lax.scan`, one cached target call on k + 1 tokens, then
+per row its emitted count (EOS and the length budget may cut the run), its positions and the
+rollback of both caches with `kv_cache.truncate`. See docs/speculative.md.
 """
 
 from __future__ import annotations
