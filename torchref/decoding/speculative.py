@@ -164,6 +164,29 @@ def _check_run(
             )
 
 
+def _draft(
+    step: StepFn, cache: Any, last: torch.Tensor, noise: torch.Tensor, sampling: SamplingConfig
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """k cached draft steps from `last`, then feed the k-th draft so the cache holds all of them.
+
+    Returns the cache (k + 1 tokens longer), q [batch, k, vocab] and the drafts [batch, k].
+    """
+    q, drafts, token = [], [], last
+    for i in range(noise.shape[1]):
+        logits, cache = run_step(step, cache, token[:, None])
+        q.append(distribution(logits[:, 0], sampling))
+        token = sample_from_probs(q[-1], noise[:, i])
+        drafts.append(token)
+    _, cache = run_step(step, cache, token[:, None])
+    return cache, torch.stack(q, dim=1), torch.stack(drafts, dim=1)
+
+
+def _kept(emitted: list[int], budget: int, eos_id: int | None) -> list[int]:
+    """A row's round output cut to its remaining budget and just after its first EOS."""
+    emitted = emitted[:budget]
+    return emitted[: emitted.index(eos_id) + 1] if eos_id in emitted else emitted
+
+
 @torch.no_grad()
 def speculative_generate(
     target_step: StepFn,
@@ -209,38 +232,25 @@ def speculative_generate(
     round_index = 0
     while not all(done):
         round_noise = noise(round_index)
-        q, drafts, token = [], [], last
-        for i in range(k):
-            logits, draft_cache = run_step(draft_step, draft_cache, token[:, None])
-            q.append(distribution(logits[:, 0], sampling))
-            token = sample_from_probs(q[-1], round_noise.draft[:, i])
-            drafts.append(token)
-        _, draft_cache = run_step(draft_step, draft_cache, token[:, None])
-        fed = torch.stack([last, *drafts], dim=1)
+        draft_cache, q, drafts = _draft(draft_step, draft_cache, last, round_noise.draft, sampling)
+        fed = torch.cat([last[:, None], drafts], dim=1)
         logits, target_cache = run_step(target_step, target_cache, fed)
-        p, q_all = distribution(logits, sampling), torch.stack(q, 1)
         round_tokens, num_accepted = verify(
-            p, q_all, fed[:, 1:], round_noise.uniforms, round_noise.added
+            distribution(logits, sampling), q, drafts, round_noise.uniforms, round_noise.added
         )
         for row in range(batch):
-            emit = 0
-            if not done[row]:
-                stats.rounds[row] += 1
-                stats.drafted[row] += k
-                stats.accepted[row] += int(num_accepted[row])
-                budget = max_new_tokens - int(num_tokens[row])
-                for token_id in round_tokens[
-                    row, : min(int(num_accepted[row]) + 1, budget)
-                ].tolist():
-                    tokens[row, num_tokens[row] + emit] = token_id
-                    emit += 1
-                    if token_id == eos_id:
-                        done[row] = True
-                        break
-                num_tokens[row] += emit
-                done[row] = done[row] or int(num_tokens[row]) >= max_new_tokens
-                last[row] = round_tokens[row, emit - 1]
-            lengths[row] += emit
+            if done[row]:
+                continue  # its caches go back to where they were
+            n, start = int(num_accepted[row]), int(num_tokens[row])
+            kept = _kept(round_tokens[row, : n + 1].tolist(), max_new_tokens - start, eos_id)
+            tokens[row, start : start + len(kept)] = torch.tensor(kept)
+            num_tokens[row] += len(kept)
+            lengths[row] += len(kept)
+            last[row] = kept[-1]
+            done[row] = kept[-1] == eos_id or int(num_tokens[row]) >= max_new_tokens
+            stats.rounds[row] += 1
+            stats.drafted[row] += k
+            stats.accepted[row] += n
         target_cache, draft_cache = (
             _truncate(target_cache, lengths),
             _truncate(draft_cache, lengths),
