@@ -339,7 +339,7 @@ def _postfix(row: Mapping[str, float]) -> dict[str, str]:
 
 def set_aside_damaged(ckpt: Checkpointer, restored: int, config: LMTrainConfig) -> Checkpointer:
     """Rename the checkpoints newer than `restored` (the restore skipped them as damaged) to
-    `<step>.damaged`: kept for inspection, out of the way of the resumed run's saves."""
+    `<step>.damaged-<time>`: kept for inspection, out of the way of the resumed run's saves."""
     newer = [step for step in ckpt.all_steps() if step > restored]
     if not newer:
         return ckpt
