@@ -108,9 +108,11 @@ def interleaved_medians(runs: dict[Any, Callable[[], Any]], repeats: int) -> dic
 
 
 def step_call(model: Model, batch: int, tokens: int) -> Callable[[], Any]:
-    """One jitted cached model call on `tokens` new tokens after a 64-token context."""
-    cache = init_cache(model.config, batch, 128)
-    cache = tuple(kv_cache.append(c, c.k[:, :64], c.v[:, :64]) for c in cache)
+    """One jitted cached model call on `tokens` new tokens after a half-full cache (64 tokens
+    of 128, or less for a model with a shorter `max_seq_len`)."""
+    length = min(128, model.config.max_seq_len)
+    cache = init_cache(model.config, batch, length)
+    cache = tuple(kv_cache.append(c, c.k[:, : length // 2], c.v[:, : length // 2]) for c in cache)
     layer = cache[0]
     positions = kv_cache.next_positions(layer, tokens)
     mask = kv_cache.attention_mask(layer, tokens)
