@@ -28,6 +28,7 @@ from rich.table import Table
 
 import jaxml.autograd as J
 import torchref.autograd as T
+from experiments.flags import nonneg_int, positive_float, positive_int
 from torchref.convert import load_jaxml_params
 
 LABELS = np.array([2, 0, 1])
@@ -192,18 +193,20 @@ def train_torch(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=500, help="training steps (full batch)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
-    parser.add_argument("--hidden", type=int, default=32, help="width of the two hidden layers")
-    parser.add_argument("--samples", type=int, default=256, help="training points")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.autograd", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--steps", type=positive_int, default=500, help="training steps")
+    parser.add_argument("--lr", type=positive_float, default=1e-2, help="Adam learning rate")
+    parser.add_argument("--hidden", type=positive_int, default=32, help="hidden layer width")
+    parser.add_argument("--samples", type=positive_int, default=256, help="training points")
     parser.add_argument("--activation", default="tanh", choices=sorted(J.ACTIVATIONS))
-    parser.add_argument("--log-every", type=int, default=50, help="print every N steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--log-every", type=positive_int, default=50, help="print every N steps")
+    parser.add_argument("--seed", type=nonneg_int, default=0)
+    parser.add_argument(
+        "--torch-threads", type=positive_int, default=1, help="torch intra-op threads"
+    )
     args = parser.parse_args(argv)
-    if min(args.steps, args.log_every, args.torch_threads) < 1:
-        parser.error("--steps, --log-every and --torch-threads must be >= 1")
     console = Console(width=140)
 
     rng = np.random.default_rng(args.seed)

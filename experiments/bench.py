@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -200,7 +202,9 @@ def format_table(name: str, rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m experiments.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(REGISTRY)}"
@@ -212,10 +216,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
     unknown = [n for n in args.names if n not in REGISTRY]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; allowed: {', '.join(REGISTRY)}")
+    try:
+        check_writable(args.out)
+    except OSError as error:
+        parser.error(f"--out {args.out}: cannot write it ({error.strerror or error})")
     results: dict[str, list[Row]] = {}
-    for name in args.names or list(REGISTRY):
-        results[name] = REGISTRY[name](args)
-        print(format_table(name, results[name]), flush=True)
     meta = {
         "machine": platform.machine(),
         "cpus": torch.get_num_threads(),
@@ -223,10 +228,40 @@ def main(argv: list[str] | None = None) -> dict[str, list[Row]]:
         "torch": torch.__version__,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=2, allow_nan=True)
-    print(f"wrote {args.out}")
+    try:
+        for name in args.names or list(REGISTRY):
+            results[name] = REGISTRY[name](args)
+            print(format_table(name, results[name]), flush=True)
+    finally:  # a failing benchmark still leaves the finished ones on disk
+        save_results({"meta": meta, "results": results}, args.out)
     return results
+
+
+def check_writable(path: str) -> None:
+    """OSError unless `path` can be written (checked by opening it; a new file is removed)."""
+    existed = os.path.exists(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "is a directory", path)
+    with open(path, "a"):
+        pass
+    if not existed:
+        os.remove(path)
+
+
+def save_results(report: dict[str, Any], path: str) -> None:
+    """Write the JSON report to `path`; if that fails after the run, to a temporary file
+    instead (and say where), so measured results are never lost."""
+    text = json.dumps(report, indent=2, allow_nan=True)
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as error:
+        fd, fallback = tempfile.mkstemp(prefix="bench_results-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        print(f"could not write {path} ({error.strerror}); results saved to {fallback}")
+        return
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import torch
 
+from experiments.flags import positive_int
 from jaxml.configs import FFNConfig
 from jaxml.layers.ffn import make_ffn
 from jaxml.layers.moe import MoE
@@ -85,6 +86,12 @@ def _torch_step(module: torch.nn.Module, x: np.ndarray) -> Callable[[], Any]:
 EINSUM_MAX_MASK = 1 << 26
 
 
+def swiglu(embed_dim: int, latent: int, **moe: Any) -> FFNConfig:
+    """Mixtral's FFN: bias-free SwiGLU; with `use_moe=True` (and routing `moe` fields) its
+    top-k, renormalised sparse MoE block, otherwise the equal-FLOPs dense baseline."""
+    return FFNConfig(embed_dim, latent, activation="silu", kind="swiglu", use_bias=False, **moe)
+
+
 def moe_group(
     topk: int,
     experts: tuple[int, ...],
@@ -97,9 +104,7 @@ def moe_group(
     repeats: int,
 ) -> list[Row]:
     """One row per expert count, all timed in the same interleaved rounds (ms, fastest round)."""
-    dense_cfg = FFNConfig(
-        embed_dim, latent * topk, activation="silu", kind="swiglu", use_bias=False
-    )
+    dense_cfg = swiglu(embed_dim, latent * topk)
     tokens = batch * seq
     x = np.random.default_rng(0).standard_normal((batch, seq, embed_dim)).astype(np.float32)
     jx = jnp.asarray(x)
@@ -110,12 +115,9 @@ def moe_group(
     }
     configs = {}
     for num_experts in experts:
-        cfg = FFNConfig(
+        cfg = swiglu(
             embed_dim,
             latent,
-            activation="silu",
-            kind="swiglu",
-            use_bias=False,
             use_moe=True,
             num_experts=num_experts,
             topk=topk,
@@ -242,13 +244,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     from experiments.bench import format_table
 
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m experiments.bench_moe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per case")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per case")
     parser.add_argument(
         "--torch-threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch intra-op threads (default: torch's own; 1 avoids OpenMP spin-waits on a busy machine)",
     )

@@ -12,26 +12,25 @@ The jax model takes NHWC images, the torch twin NCHW; the loader delivers the ba
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import (
+    Job,
     add_training_args,
-    check_args,
+    cli_main,
+    exit_process,
+    fit_job,
     format_metrics,
-    restore,
-    run_dir,
-    saved_run,
-    train,
-    train_config,
+    make_job,
+    parse_run_args,
+    restore_job,
 )
-from jaxml.configs import CNNConfig, parse_latent_dims
+from experiments.flags import dims, int_list, positive_int
+from jaxml.configs import CNNConfig
 from jaxml.data.cifar import load_cifar10
 from jaxml.data.digits import load_digits
 from jaxml.data.loader import ArrayDataset
-from jaxml.training.logging import RunLogger
 
 # Per dataset: epochs, lr, batch size, conv channels, hidden widths.
 DEFAULTS = {"digits": (40, 2e-3, 64, "16,32", "64"), "cifar10": (10, 1e-3, 128, "32,64", "128")}
@@ -41,15 +40,25 @@ RUN_FLAGS = (
 ).split()
 
 
+PROG = "python -m experiments.classify"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.classify", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     g = parser.add_argument_group("data and model")
     g.add_argument("--data", default=None, metavar="DIR", help="CIFAR-10 python batches")
-    g.add_argument("--limit", type=int, default=None, help="use the first N training images")
-    g.add_argument("--channels", default=None, help="conv channels per block, e.g. 16,32")
-    g.add_argument("--hidden_dims", default=None, help="dense widths before the head, e.g. 64")
+    g.add_argument(
+        "--limit", type=positive_int, default=None, help="use the first N training images"
+    )
+    g.add_argument(
+        "--channels", type=int_list(), default=None, help="conv channels per block, e.g. 16,32"
+    )
+    g.add_argument(
+        "--hidden_dims",
+        type=int_list(allow_empty=True),
+        default=None,
+        help="dense widths before the head, e.g. 64 ('' for none)",
+    )
     g.add_argument("--custom_act", choices=("relu", "tanh", "gelu"), default="relu")
     add_training_args(parser)
     return parser
@@ -67,23 +76,16 @@ def load(args: argparse.Namespace) -> tuple[ArrayDataset, ArrayDataset, list[str
     return train_data, test_data, names
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse `argv`, train (or restore) the CNN, print the test accuracy; returns the results."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    check_args(args)
-    if args.restore is not None:
-        saved = saved_run(args.restore)
-        for name in RUN_FLAGS:
-            setattr(args, name, saved.get(name, getattr(args, name)))
-        if args.epochs is None:
-            args.epochs = saved.get("epochs")
+def prepare(argv: Sequence[str] | None = None) -> Job:
+    """Parse and validate `argv` (ValueError / argparse exit 2), load the images and create the
+    run directories; nothing is compiled or trained."""
+    args = parse_run_args(build_parser, argv, RUN_FLAGS)
     dataset = "digits" if args.data is None else "cifar10"
-    epochs, lr, batch, channels, hidden = DEFAULTS[dataset]
-    args.epochs = args.epochs or epochs
-    args.lr = args.lr or lr
-    args.batch_size = args.batch_size or batch
-    args.channels = args.channels or channels
-    args.hidden_dims = args.hidden_dims or hidden
+    for name, default in zip(
+        ("epochs", "lr", "batch_size", "channels", "hidden_dims"), DEFAULTS[dataset], strict=True
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     train_data, test_data, names = load(args)
     image = train_data.inputs[0].shape[1:]
     in_channels, size = (image[0], image[1:]) if args.backend == "torch" else (image[2], image[:2])
@@ -91,8 +93,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         in_channels=int(in_channels),
         image_size=(int(size[0]), int(size[1])),
         num_classes=len(names),
-        channels=parse_latent_dims(args.channels),
-        hidden_dims=parse_latent_dims(args.hidden_dims),
+        channels=dims(args.channels),
+        hidden_dims=dims(args.hidden_dims),
         activation=args.custom_act,
     )
 
@@ -103,11 +105,29 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             from jaxml.models.cnn import CNNClassifier  # type: ignore[assignment]
         return CNNClassifier(config)
 
-    logdir = run_dir(args, "classify", dataset)
-    cfg = train_config(args, logdir, train_data.steps_per_epoch(args.batch_size))
-    results: dict[str, Any] = {"dataset": dataset, "backend": args.backend, "logdir": str(logdir)}
+    args.class_names = names
+    return make_job(
+        args,
+        experiment="classify",
+        name=dataset,
+        build=build,
+        data=(train_data, test_data),
+        loss="cross_entropy",
+        run_flags=RUN_FLAGS,
+    )
+
+
+def execute(job: Job) -> dict[str, Any]:
+    """Train (or restore) a prepared job, print the test accuracy; returns the results."""
+    args, test_data, names = job.args, job.val_data, job.args.class_names
+    dataset = "digits" if args.data is None else "cifar10"
+    results: dict[str, Any] = {
+        "dataset": dataset,
+        "backend": args.backend,
+        "logdir": str(job.logdir),
+    }
     if args.predict:
-        trained = restore(args.backend, build, train_data, cfg, args.restore, args.device)
+        trained = restore_job(job)
         test = trained.evaluate(test_data, "cross_entropy")
         print(f"restored CNN ({args.backend}) from {args.restore}")
         print(f"test: {format_metrics(test)}")
@@ -117,22 +137,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
         return results
 
-    logger = RunLogger(logdir)
-    meta = {name: getattr(args, name) for name in RUN_FLAGS} | {"epochs": args.epochs}
-    logger.text("run", meta)
-    start = time.perf_counter()
-    trained = train(
-        args.backend,
-        build,
-        train_data,
-        test_data,
-        cfg,
-        loss="cross_entropy",
-        logger=logger,
-        meta=meta,
-        device=args.device,
-    )
-    seconds = time.perf_counter() - start
+    trained, seconds, logger = fit_job(job)
     logger.close()
     fit = trained.result
     test = fit.val_metrics
@@ -145,21 +150,25 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         num_classes=len(names),
     )
     print(
-        f"{dataset} CNN ({args.backend}): {len(train_data)} train / {len(test_data)} test images, "
-        f"{args.epochs} epochs in {seconds:.1f}s"
+        f"{dataset} CNN ({args.backend}): {len(job.train_data)} train / {len(test_data)} test "
+        f"images, {args.epochs} epochs in {seconds:.1f}s"
     )
     print(
         f"train accuracy {results['train_accuracy']:.4f}  test accuracy {test['accuracy']:.4f}  "
         f"test loss {test['loss']:.4f}"
     )
-    print(f"logs: {logdir}  checkpoints: {cfg.checkpoint_dir}")
+    print(f"logs: {job.logdir}  checkpoints: {job.config.checkpoint_dir}")
     return results
 
 
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """`execute(prepare(argv))`: errors are raised (`main` turns them into exit codes)."""
+    return execute(prepare(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    run(argv)
-    return 0
+    return cli_main(PROG, prepare, execute, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main)

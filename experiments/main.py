@@ -11,14 +11,19 @@ import sys
 from collections.abc import Sequence
 
 from experiments import regression
+from experiments.common import Job, cli_main, exit_process
 
+PROG = "python -m experiments.main"
 DEFAULT_JOB = ["--type", "transformer", "--attention_type", "gqa", "--epochs", "10"]
 
 
+def prepare(argv: Sequence[str] | None = None) -> Job:
+    return regression.prepare([*DEFAULT_JOB, *(sys.argv[1:] if argv is None else argv)], PROG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    regression.run([*DEFAULT_JOB, *(sys.argv[1:] if argv is None else argv)])
-    return 0
+    return cli_main(PROG, prepare, regression.execute, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main)

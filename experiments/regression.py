@@ -20,34 +20,28 @@ checkpoints there for `--restore DIR [--predict]`.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from experiments.common import (
+    Job,
     Trained,
     add_training_args,
-    check_args,
+    cli_main,
+    exit_process,
+    fit_job,
     format_metrics,
-    restore,
-    run_dir,
-    saved_run,
-    train,
-    train_config,
+    make_job,
+    parse_run_args,
+    restore_job,
 )
-from jaxml.configs import (
-    DecodeConfig,
-    FFNConfig,
-    RegressorConfig,
-    TransformerConfig,
-    parse_latent_dims,
-)
+from experiments.flags import dims, int_list, nonneg_float, positive_float, positive_int
+from jaxml.configs import DecodeConfig, FFNConfig, RegressorConfig, TransformerConfig
 from jaxml.data import synthetic
 from jaxml.data.loader import ArrayDataset
-from jaxml.training.logging import RunLogger, prediction_figure
+from jaxml.training.logging import prediction_figure
 
 # Per mode: epochs, lr, batch size, examples.
 DEFAULTS = {
@@ -66,30 +60,33 @@ RUN_FLAGS = (
 ).split()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.regression", description=__doc__.split("\n")[0]
-    )
+PROG = "python -m experiments.regression"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     g = parser.add_argument_group("model")
     g.add_argument("--type", choices=("linear", "nlinear", "transformer"), default="linear")
     g.add_argument("--autoregressive", action="store_true", help="transformer: next-value model")
     g.add_argument("--encoderdecoder", action="store_true", help="transformer: seq2seq model")
     g.add_argument("--attention_type", choices=("mha", "mqa", "gqa"), default="mha")
-    g.add_argument("--num_groups", type=int, default=None, help="gqa key/value heads")
+    g.add_argument("--num_groups", type=positive_int, default=None, help="gqa key/value heads")
     g.add_argument("--moe", action="store_true", help="Mixture-of-Experts FFNs")
-    g.add_argument("--num_experts", type=int, default=4)
-    g.add_argument("--topk", type=int, default=2)
-    g.add_argument("--capacity_factor", type=float, default=1.25)
+    g.add_argument("--num_experts", type=positive_int, default=4)
+    g.add_argument("--topk", type=positive_int, default=2)
+    g.add_argument("--capacity_factor", type=positive_float, default=1.25)
     g.add_argument("--custom_act", choices=("relu", "tanh", "gelu"), default="relu")
-    g.add_argument("--latent_dims", default="128,64,32", help="nlinear hidden widths")
-    g.add_argument("--embed_dim", type=int, default=32)
-    g.add_argument("--num_heads", type=int, default=4)
-    g.add_argument("--num_layers", type=int, default=2)
-    g.add_argument("--ffn_latent_dim", type=int, default=64)
+    g.add_argument(
+        "--latent_dims", type=int_list(), default="128,64,32", help="nlinear hidden widths"
+    )
+    g.add_argument("--embed_dim", type=positive_int, default=32)
+    g.add_argument("--num_heads", type=positive_int, default=4)
+    g.add_argument("--num_layers", type=positive_int, default=2)
+    g.add_argument("--ffn_latent_dim", type=positive_int, default=64)
     g = parser.add_argument_group("data")
-    g.add_argument("--seq_len", type=int, default=16)
-    g.add_argument("--num_samples", type=int, default=None)
-    g.add_argument("--noise", type=float, default=0.1, help="polynomial noise std")
+    g.add_argument("--seq_len", type=positive_int, default=16)
+    g.add_argument("--num_samples", type=positive_int, default=None)
+    g.add_argument("--noise", type=nonneg_float, default=0.1, help="polynomial noise std")
     g = parser.add_argument_group("generation (--autoregressive, --encoderdecoder)")
     g.add_argument(
         "--use_kv_cache",
@@ -102,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--expanding_context", action="store_true", help="keep every position (default)"
     )
     context.add_argument(
-        "--sliding_window", type=int, default=None, metavar="N", help="attend to the last N"
+        "--sliding_window",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="attend to the last N",
     )
     add_training_args(parser)
     return parser
@@ -149,9 +150,7 @@ def model_config(args: argparse.Namespace, mode: str) -> RegressorConfig | Trans
     if mode == "linear":
         return RegressorConfig(1)
     if mode == "nlinear":
-        return RegressorConfig(
-            1, latent_dims=parse_latent_dims(args.latent_dims), activation=args.custom_act
-        )
+        return RegressorConfig(1, latent_dims=dims(args.latent_dims), activation=args.custom_act)
     ffn = FFNConfig(
         args.embed_dim,
         args.ffn_latent_dim,
@@ -243,34 +242,32 @@ def generation_error(trained: Trained, args: argparse.Namespace, mode: str) -> f
     return float(np.mean((pred - truth) ** 2))
 
 
-def apply_saved_run(args: argparse.Namespace) -> None:
-    """With `--restore DIR`: the model/data/optimizer settings come from the checkpoint;
-    `--epochs` given on this command line still sets the run length."""
-    saved = saved_run(args.restore)
-    for name in RUN_FLAGS:
-        if name in saved:
-            setattr(args, name, saved[name])
-    if args.epochs is None:
-        args.epochs = saved.get("epochs")
-
-
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse `argv`, train (or restore and predict) and print the results; returns them."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    check_args(args)
-    if args.restore is not None:
-        apply_saved_run(args)
+def prepare(argv: Sequence[str] | None = None, prog: str = PROG) -> Job:
+    """Parse and validate `argv` (ValueError / argparse exit 2) and create the run directories;
+    nothing is compiled or trained."""
+    args = parse_run_args(lambda: build_parser(prog), argv, RUN_FLAGS)
     mode = mode_of(args)
     decode_config(args)  # bad generation flags fail here, before any training
     fill_defaults(args, mode)
-    train_data, val_data = make_data(args, mode)
-    logdir = run_dir(args, "regression", mode)
-    cfg = train_config(args, logdir, train_data.steps_per_epoch(args.batch_size))
     build = model_builder(model_config(args, mode), mode)
-    results: dict[str, Any] = {"mode": mode, "backend": args.backend, "logdir": str(logdir)}
+    return make_job(
+        args,
+        experiment="regression",
+        name=mode,
+        build=build,
+        data=make_data(args, mode),
+        loss="mse",
+        run_flags=RUN_FLAGS,
+    )
 
+
+def execute(job: Job) -> dict[str, Any]:
+    """Train (or restore and predict) a prepared job and print the results; returns them."""
+    args, val_data = job.args, job.val_data
+    mode = mode_of(args)
+    results: dict[str, Any] = {"mode": mode, "backend": args.backend, "logdir": str(job.logdir)}
     if args.predict:
-        trained = restore(args.backend, build, train_data, cfg, args.restore, args.device)
+        trained = restore_job(job)
         val = trained.evaluate(val_data, "mse")
         pred = trained.predict(val_data.take(slice(0, 5)))
         print(f"restored {mode} ({args.backend}) from {args.restore}")
@@ -282,22 +279,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results.update(val_loss=val["loss"], predictions=pred)
         return results
 
-    logger = RunLogger(logdir)
-    meta = {name: getattr(args, name) for name in RUN_FLAGS} | {"epochs": args.epochs}
-    logger.text("run", meta)
-    start = time.perf_counter()
-    trained = train(
-        args.backend,
-        build,
-        train_data,
-        val_data,
-        cfg,
-        loss="mse",
-        logger=logger,
-        meta=meta,
-        device=args.device,
-    )
-    seconds = time.perf_counter() - start
+    trained, seconds, logger = fit_job(job)
     fit = trained.result
     step = fit.history[-1]["step"] if fit.history else 0
     pred = trained.predict(val_data)
@@ -314,7 +296,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         history=fit.history,
         generation_mse=gen,
         seconds=seconds,
-        checkpoint_dir=cfg.checkpoint_dir,
+        checkpoint_dir=job.config.checkpoint_dir,
     )
     print(f"{mode} ({args.backend}): {args.epochs} epochs, {step} steps in {seconds:.1f}s")
     print(f"final train loss {results['train_loss']:.5f}  val loss {results['val_loss']:.5f}")
@@ -328,14 +310,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "continuation of held-out sinusoids" if mode == "autoregressive" else "greedy decoding"
         )
         print(f"free-running {what}: mse {gen:.5f}")
-    print(f"logs: {logdir}  checkpoints: {cfg.checkpoint_dir}")
+    print(f"logs: {job.logdir}  checkpoints: {job.config.checkpoint_dir}")
     return results
 
 
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """`execute(prepare(argv))`: errors are raised (`main` turns them into exit codes)."""
+    return execute(prepare(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    run(argv)
-    return 0
+    return cli_main(PROG, prepare, execute, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main)

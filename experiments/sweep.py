@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -20,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from experiments import regression
+from experiments.common import Job, cli_main, exit_process
 
 GRID_FLAGS = {"lr": ",", "optimizer": ",", "latent_dims": ";", "custom_act": ","}
 BASE = ["--type", "nlinear", "--epochs", "30"]
 
 
+PROG = "python -m experiments.sweep"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.sweep", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--lr", default="1e-3,1e-2")
     parser.add_argument("--optimizer", default="adam,sgd,rmsprop")
     parser.add_argument("--latent_dims", default=None, help='e.g. "64,32;128,64,32"')
@@ -38,27 +41,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def grid(args: argparse.Namespace) -> list[dict[str, str]]:
-    """Every combination of the given grid values, in order."""
+    """Every combination of the given grid values, in order (ValueError for an empty axis)."""
     axes = {
         name: [v.strip() for v in getattr(args, name).split(sep) if v.strip()]
         for name, sep in GRID_FLAGS.items()
         if getattr(args, name) is not None
     }
+    for name, values in axes.items():
+        if not values:
+            raise ValueError(f"--{name} {getattr(args, name)!r}: give at least one value")
     return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
 
-def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Run the grid; returns one row per run, best (lowest validation loss) first."""
+def prepare(argv: Sequence[str] | None = None) -> list[tuple[dict[str, str], Job]]:
+    """Every grid point as a validated regression job, so a bad value fails before any run."""
     args, extra = build_parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
     base = extra if any(a.startswith("--type") for a in extra) else [*BASE, *extra]
     sweep_dir = Path(args.sweep_dir or Path("runs") / "sweep" / time.strftime("%Y%m%d-%H%M%S"))
-    rows = []
-    points = grid(args)
-    for i, point in enumerate(points):
+    runs = []
+    for point in grid(args):
         name = "-".join(f"{k}={v}" for k, v in point.items()).replace(",", "_")
         flags = [x for k, v in point.items() for x in (f"--{k}", v)]
-        print(f"[{i + 1}/{len(points)}] {' '.join(flags)}", flush=True)
-        result = regression.run([*base, *flags, "--no_progress", "--logdir", str(sweep_dir / name)])
+        argv = [*base, *flags, "--no_progress", "--logdir", str(sweep_dir / name)]
+        regression.build_parser(PROG).parse_args(argv)  # every value, before any directory
+        runs.append((point, argv))
+    return [(point, regression.prepare(argv, prog=PROG)) for point, argv in runs]
+
+
+def execute(jobs: list[tuple[dict[str, str], Job]]) -> list[dict[str, Any]]:
+    """Run every job; returns one row per run, best (lowest validation loss) first and
+    diverged runs (NaN losses) last."""
+    rows = []
+    for i, (point, job) in enumerate(jobs):
+        print(
+            f"[{i + 1}/{len(jobs)}] {' '.join(f'--{k} {v}' for k, v in point.items())}", flush=True
+        )
+        start = time.perf_counter()
+        try:
+            result = regression.execute(job)
+        except FloatingPointError as error:  # one diverged point does not end the sweep
+            print(f"{PROG}: {error}", file=sys.stderr)
+            nan = float("nan")
+            result = {"train_loss": nan, "val_loss": nan, "seconds": time.perf_counter() - start}
         rows.append(
             {
                 **point,
@@ -67,9 +91,14 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "seconds": result["seconds"],
             }
         )
-    rows.sort(key=lambda r: r["val_loss"])
+    rows.sort(key=lambda r: (math.isnan(r["val_loss"]), r["val_loss"]))
     print(format_table(rows))
     return rows
+
+
+def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run the grid; returns one row per run, best (lowest validation loss) first."""
+    return execute(prepare(argv))
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -98,9 +127,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(argv)
-    return 0
+    return cli_main(PROG, prepare, execute, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main)

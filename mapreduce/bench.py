@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mapreduce.cli import new_file, positive_float, positive_int
 from mapreduce.engine import run_job
 from mapreduce.executors import DaskExecutor, Executor, ProcessExecutor, SequentialExecutor
 from mapreduce.job import JobConfig
@@ -152,7 +152,6 @@ def run_benchmark(
     data_dir = data_dir or os.path.join(tempfile.gettempdir(), "mapreduce_bench")
     path = zipf_file(size_mb, data_dir)
     mb = os.path.getsize(path) / 1e6
-    out_root = tempfile.mkdtemp(prefix="mapreduce-bench-out-")
     job = word_count_job()
     config = JobConfig(num_partitions=4)
     digests: dict[str, str] = {}
@@ -167,6 +166,7 @@ def run_benchmark(
         return case
 
     with contextlib.ExitStack() as stack:
+        out_root = stack.enter_context(tempfile.TemporaryDirectory(prefix="mapreduce-bench-out-"))
         pools = {n: stack.enter_context(ProcessExecutor(n)) for n in workers}
         dask_ex = stack.enter_context(DaskExecutor(2))
 
@@ -224,7 +224,6 @@ def run_benchmark(
             row["goal"] = f"{ratio} >= {target}"
             row["met"] = bool(row[ratio] >= target)
         rows.append(row)
-    shutil.rmtree(out_root, ignore_errors=True)
     engine_digests = set(digests.values())
     if len(engine_digests) != 1:
         raise RuntimeError(f"executors disagree on the output: {digests}")
@@ -235,13 +234,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(
         prog="python -m mapreduce.bench", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--size-mb", type=float, default=200.0)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--size-mb", type=positive_float, default=200.0)
+    parser.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2])
     parser.add_argument(
         "--data-dir", help="where the generated text is cached (default: TMP/mapreduce_bench)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; each case reports its best")
-    parser.add_argument("--out", default="bench_results_mapreduce.json")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="rounds; each case reports its best"
+    )
+    parser.add_argument("--out", type=new_file, default="bench_results_mapreduce.json")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     rows = run_benchmark(args.size_mb, args.workers, args.data_dir, args.repeats)

@@ -25,7 +25,7 @@ from mapreduce.executors import Executor, SequentialExecutor, make_executor
 from mapreduce.job import Job, JobConfig, Pair, Partitioner, Rows
 from mapreduce.output import read_rows, suffix, write_rows
 from mapreduce.partitioning.partitioners import hash_partitioner, partitioner_name
-from mapreduce.splits import auto_split_bytes, expand_inputs, make_splits
+from mapreduce.splits import Split, auto_split_bytes, expand_inputs, make_splits
 from mapreduce.tasks import MapTask, ReduceTask, TaskOutput, run_map_task, run_reduce_task
 
 _OUTPUT_PREFIXES = ("part-", ".part-", "result.", "report.json", "_SUCCESS")
@@ -189,6 +189,160 @@ def _summarize(
     report["tasks"] = [_task_row(o) for o in map_outputs + reduce_outputs]
 
 
+def check_output_outside_inputs(
+    output_dir: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]]
+) -> None:
+    """Refuse an output directory that is, holds or lies inside an input: the job would clear or
+    read its own output. Raises `ValueError` naming both."""
+    out = os.path.realpath(output_dir)
+    for item in inputs:
+        path = os.path.realpath(item)
+        if os.path.commonpath([out, path]) in (out, path):
+            raise ValueError(
+                f"output directory {os.fspath(output_dir)!r} overlaps input {os.fspath(item)!r}; "
+                "choose an output outside the inputs"
+            )
+
+
+def _check_bad_records(
+    map_outputs: list[TaskOutput], config: JobConfig, report: dict[str, Any]
+) -> None:
+    """Fail the job when more input records were skipped than `max_bad_records` or
+    `max_bad_fraction` allow; the message names the first bad record."""
+    records = sum(o.counters["records_in"] for o in map_outputs)
+    skipped = sum(o.counters["records_skipped"] for o in map_outputs)
+    limits = []
+    if config.max_bad_records is not None and skipped > config.max_bad_records:
+        limits.append(f"max_bad_records={config.max_bad_records}")
+    if config.max_bad_fraction is not None and skipped > config.max_bad_fraction * records:
+        limits.append(f"max_bad_fraction={config.max_bad_fraction:g}")
+    if not limits:
+        return
+    listed = [b for o in map_outputs for b in o.bad_records]
+    report["bad_records"] = {"count": skipped, "listed": listed}
+    first = listed[0] if listed else None
+    message = (
+        f"{skipped} of {records} input records were bad (skipped), more than {' and '.join(limits)}"
+    )
+    if first is not None:
+        message += f"; first: {first['path']}@{first['offset']}: {first['reason']}"
+        if first["reason"].startswith("UnicodeDecodeError"):
+            message += (
+                f"; the input may not be {config.encoding}: name its encoding "
+                "(--encoding, JobConfig.encoding)"
+            )
+    raise JobFailedError(message, report)
+
+
+def _new_report(
+    job: Job,
+    paths: list[str],
+    splits: list[Split],
+    split_bytes: int,
+    config: JobConfig,
+    partitioner: Partitioner,
+) -> dict[str, Any]:
+    return {
+        "job": job.name,
+        "status": "running",
+        "inputs": paths,
+        "input_bytes": sum(os.path.getsize(p) for p in paths),
+        "splits": len(splits),
+        "split_bytes": split_bytes,
+        "num_partitions": config.num_partitions,
+        "partitioner": partitioner_name(partitioner),
+        "config": {k: v for k, v in asdict(config).items() if k != "faults"},
+        "failures": [],
+        "duplicates_ignored": 0,
+        "work_dir": None,
+    }
+
+
+def _run_phases(
+    job: Job,
+    splits: list[Split],
+    executor: str | Executor,
+    workers: int | None,
+    scheduler: str | None,
+    config: JobConfig,
+    partitioner: Partitioner,
+    work: str,
+    output_dir: str,
+    report: dict[str, Any],
+    progress: bool,
+) -> tuple[list[TaskOutput], list[TaskOutput]]:
+    """The map phase, the bad-record check and the reduce phase: (map outputs, reduce outputs)."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(executor, str):
+            ex = stack.enter_context(make_executor(executor, workers, scheduler))
+        else:
+            ex = executor
+        report.update(engine=ex.name, workers=ex.workers)
+        bar = stack.enter_context(
+            tqdm(
+                total=len(splits) + config.num_partitions,
+                desc=f"{job.name} [{ex.name}]",
+                unit="task",
+                disable=not progress,
+            )
+        )
+        phase = _Phase(ex, config, bar, report)
+        t0 = time.perf_counter()
+        map_tasks = [MapTask(i, s, job, partitioner, config, work) for i, s in enumerate(splits)]
+        map_outputs = phase.run("map", run_map_task, map_tasks)
+        t1 = time.perf_counter()
+        _check_bad_records(map_outputs, config, report)
+        reduce_tasks = [
+            ReduceTask(
+                r,
+                tuple(run for o in map_outputs for run in o.runs[r]),
+                job,
+                config,
+                work,
+                output_dir,
+            )
+            for r in range(config.num_partitions)
+        ]
+        reduce_outputs = phase.run("reduce", run_reduce_task, reduce_tasks)
+        report["phase_seconds"] = {
+            "map": round(t1 - t0, 4),
+            "reduce": round(time.perf_counter() - t1, 4),
+        }
+    return map_outputs, reduce_outputs
+
+
+def _finish(
+    job: Job,
+    config: JobConfig,
+    output_dir: str,
+    report: dict[str, Any],
+    map_outputs: list[TaskOutput],
+    reduce_outputs: list[TaskOutput],
+) -> JobResult:
+    """Summarize and reconcile the counters, write a merged `result.*`, mark the report done."""
+    _summarize(report, map_outputs, reduce_outputs, config)
+    if not report["reconciliation"]["ok"]:
+        raise JobFailedError("record counters do not reconcile", report)
+    files = [o.output_file for o in reduce_outputs if o.output_file]
+    rows = None
+    if job.merge is not None:
+        rows = job.merge([o.rows or [] for o in reduce_outputs])
+        result_path = os.path.join(output_dir, f"result{suffix(config.output_format)}")
+        with open(result_path + ".tmp", "w", encoding="utf-8") as f:
+            write_rows(f, rows, config.output_format)
+        os.replace(result_path + ".tmp", result_path)
+    report["status"] = "succeeded"
+    report["output"] = {"dir": output_dir, "files": [os.path.basename(f) for f in files]}
+    return JobResult(output_dir, files, report, rows)
+
+
+def _write_report(output_dir: str, report: dict[str, Any]) -> None:
+    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, default=str)
+    if report["status"] == "succeeded":
+        open(os.path.join(output_dir, "_SUCCESS"), "w").close()
+
+
 def run_job(
     job: Job,
     inputs: Sequence[str | os.PathLike[str]],
@@ -207,14 +361,16 @@ def run_job(
 
     `executor` is an `Executor` (left open, reusable) or an engine name ("sequential",
     "processes", "dask") for one built here with `workers` / `scheduler` and closed afterwards.
+    `output_dir` must not overlap the inputs; a previous job output in it is replaced.
     Intermediate files go to a fresh directory under `work_dir` (default: the system temp dir;
-    it must be shared by all workers), removed at the end unless `keep_work`.
+    it must be shared by all workers), removed at the end, failed or not, unless `keep_work`.
     Output: `part-RRRRR.tsv|.jsonl` per reduce partition (keys sorted), `result.*` for jobs with a
-    `merge`, `report.json` and `_SUCCESS`.
+    `merge`, `report.json` (also on failure) and `_SUCCESS`.
     """
     config = config or JobConfig()
     output_dir = os.path.abspath(os.fspath(output_dir))
     paths = [os.path.abspath(p) for p in expand_inputs(inputs)]
+    check_output_outside_inputs(output_dir, inputs)
     split_bytes = config.split_bytes or auto_split_bytes(sum(os.path.getsize(p) for p in paths))
     splits = make_splits(paths, split_bytes)
     if config.faults.kill and (
@@ -224,92 +380,37 @@ def run_job(
             "FaultPlan.kill would kill the driver itself; use the processes or dask engine"
         )
     _clear_output(output_dir)
-    work = tempfile.mkdtemp(prefix=f"mapreduce-{job.name}-", dir=work_dir)
-    os.makedirs(os.path.join(work, "attempts"))
-    config_row = {k: v for k, v in asdict(config).items() if k != "faults"}
-    report: dict[str, Any] = {
-        "job": job.name,
-        "status": "running",
-        "inputs": paths,
-        "input_bytes": sum(os.path.getsize(p) for p in paths),
-        "splits": len(splits),
-        "split_bytes": split_bytes,
-        "num_partitions": config.num_partitions,
-        "partitioner": partitioner_name(partitioner),
-        "config": config_row,
-        "failures": [],
-        "duplicates_ignored": 0,
-        "work_dir": work if keep_work else None,
-    }
+    report = _new_report(job, paths, splits, split_bytes, config, partitioner)
     start = time.perf_counter()
-    running: Executor | None = None  # the caller's executor, cleaned up if the job fails
+    work = tempfile.mkdtemp(prefix=f"mapreduce-{job.name}-", dir=work_dir)
     try:
-        with contextlib.ExitStack() as stack:
-            if isinstance(executor, str):
-                ex = stack.enter_context(make_executor(executor, workers, scheduler))
-            else:
-                ex = running = executor
-            report.update(engine=ex.name, workers=ex.workers)
-            bar = stack.enter_context(
-                tqdm(
-                    total=len(splits) + config.num_partitions,
-                    desc=f"{job.name} [{ex.name}]",
-                    unit="task",
-                    disable=not progress,
-                )
-            )
-            phase = _Phase(ex, config, bar, report)
-            t0 = time.perf_counter()
-            map_tasks = [
-                MapTask(i, s, job, partitioner, config, work) for i, s in enumerate(splits)
-            ]
-            map_outputs = phase.run("map", run_map_task, map_tasks)
-            t1 = time.perf_counter()
-            skipped = sum(o.counters["records_skipped"] for o in map_outputs)
-            if config.max_bad_records is not None and skipped > config.max_bad_records:
-                raise JobFailedError(
-                    f"{skipped} bad records skipped, more than max_bad_records={config.max_bad_records}",
-                    report,
-                )
-            reduce_tasks = [
-                ReduceTask(
-                    r,
-                    tuple(run for o in map_outputs for run in o.runs[r]),
-                    job,
-                    config,
-                    work,
-                    output_dir,
-                )
-                for r in range(config.num_partitions)
-            ]
-            reduce_outputs = phase.run("reduce", run_reduce_task, reduce_tasks)
-            t2 = time.perf_counter()
-        report["phase_seconds"] = {"map": round(t1 - t0, 4), "reduce": round(t2 - t1, 4)}
-        _summarize(report, map_outputs, reduce_outputs, config)
-        if not report["reconciliation"]["ok"]:
-            raise JobFailedError("record counters do not reconcile", report)
-        files = [o.output_file for o in reduce_outputs if o.output_file]
-        rows = None
-        if job.merge is not None:
-            rows = job.merge([o.rows or [] for o in reduce_outputs])
-            result_path = os.path.join(output_dir, f"result{suffix(config.output_format)}")
-            with open(result_path + ".tmp", "w", encoding="utf-8") as f:
-                write_rows(f, rows, config.output_format)
-            os.replace(result_path + ".tmp", result_path)
-        report["status"] = "succeeded"
+        report["work_dir"] = work if keep_work else None
+        os.makedirs(os.path.join(work, "attempts"))
+        map_outputs, reduce_outputs = _run_phases(
+            job,
+            splits,
+            executor,
+            workers,
+            scheduler,
+            config,
+            partitioner,
+            work,
+            output_dir,
+            report,
+            progress,
+        )
+        result = _finish(job, config, output_dir, report, map_outputs, reduce_outputs)
         report["wall_seconds"] = round(time.perf_counter() - start, 4)
-        report["output"] = {"dir": output_dir, "files": [os.path.basename(f) for f in files]}
-        return JobResult(output_dir, files, report, rows)
+        return result
     except BaseException as exc:
         report["status"] = "failed"
         report["error"] = repr(exc)
-        if running is not None:
-            running.cancel_all()
+        if not isinstance(executor, str):
+            executor.cancel_all()  # the caller's executor stays open: leave it with no tasks
         raise
     finally:
-        with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2, default=str)
-        if report["status"] == "succeeded":
-            open(os.path.join(output_dir, "_SUCCESS"), "w").close()
-        if not keep_work:
-            shutil.rmtree(work, ignore_errors=True)
+        try:
+            _write_report(output_dir, report)
+        finally:
+            if not keep_work:
+                shutil.rmtree(work, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from mapreduce.cli import at_least_two, non_negative_int, positive_int
 from mapreduce.partitioning.data_generator import SocialMediaDataGenerator, skew_summary
 from mapreduce.report import format_table
 
@@ -15,16 +16,19 @@ def main(argv: list[str] | None = None) -> list[str]:
         prog="python -m mapreduce.generate", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", default="social_data", help="output directory")
-    parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--posts", type=int, default=20_000)
+    parser.add_argument("--users", type=at_least_two, default=10_000)
+    parser.add_argument("--posts", type=at_least_two, default=20_000)
     parser.add_argument(
-        "--activity", type=int, default=100_000, help="user_activity records (0: skip)"
+        "--activity", type=non_negative_int, default=100_000, help="user_activity records (0: skip)"
     )
     parser.add_argument(
-        "--engagement", type=int, default=200_000, help="content_engagement records (0: skip)"
+        "--engagement",
+        type=non_negative_int,
+        default=200_000,
+        help="content_engagement records (0: skip)",
     )
-    parser.add_argument("--files", type=int, default=1, help="files of each kind")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--files", type=positive_int, default=1, help="files of each kind")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
     generator = SocialMediaDataGenerator(args.users, args.posts, seed=args.seed)
     paths: list[str] = []

@@ -9,6 +9,7 @@ such as `functools.partial` of one), never a lambda or a closure.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,11 +22,26 @@ INPUT_FORMATS = ("text", "jsonl")
 OUTPUT_FORMATS = ("tsv", "json")
 
 
+def check_encoding(name: str) -> str:
+    """The canonical name of codec `name`, which must encode newline as the one byte `\\n`
+    (UTF-8, Latin-1, cp1252, ...): splits are cut at newline bytes, so UTF-16/32 cannot be split."""
+    try:
+        canonical = codecs.lookup(name).name
+    except LookupError:
+        raise ValueError(f"unknown encoding {name!r}") from None
+    if "\n\ta".encode(canonical) != b"\n\ta":
+        raise ValueError(
+            f"encoding {name!r} is not ASCII-compatible; input splits need one-byte newlines"
+        )
+    return canonical
+
+
 @dataclass(frozen=True)
 class InMapperCombiner:
     """Optional fast path of a map task: consume whole blocks of input lines instead of records.
 
-    `init() -> acc`, `update(acc, block)` with `block` a run of complete, valid UTF-8 text lines,
+    `init() -> acc`, `update(acc, block)` with `block` a run of complete, valid UTF-8 text lines
+    (input in another `JobConfig.encoding` is transcoded to UTF-8 first),
     `size(acc)` the number of buffered entries (the task spills when it exceeds the limit), and
     `emit(acc) -> (pairs, n)`: the combined pairs (a mapping key -> value, or `(key, value)`
     pairs), equal to applying `combine` to what `map` emits for the same lines, and `n`, the number
@@ -42,7 +58,8 @@ class InMapperCombiner:
 class Job:
     """A MapReduce job.
 
-    `input_format` is "text" (a record is one line, decoded as UTF-8, newline stripped) or
+    `input_format` is "text" (a record is one line, decoded with `JobConfig.encoding`, newline
+    stripped) or
     "jsonl" (a record is the object parsed from one non-blank line). `finalize(rows)` optionally
     rewrites one reduce partition's sorted `(key, reduce value)` rows (e.g. keep its top k);
     `merge([rows of partition 0, 1, ...])` optionally folds the partitions into the job's result.
@@ -94,8 +111,8 @@ class FaultPlan:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """Knobs of one run. Output depends only on the job, the input, `num_partitions` and
-    `split_bytes`, never on the executor or the number of workers.
+    """Knobs of one run. Output depends only on the job, the input, `encoding`,
+    `num_partitions` and `split_bytes`, never on the executor or the number of workers.
 
     - `split_bytes`: input split size; None picks `auto_split_bytes(total input)`.
     - `block_bytes`: how much of a split a map task reads at once (whole lines).
@@ -105,6 +122,11 @@ class JobConfig:
     - `max_attempts`: attempts per task before the job fails.
     - `record_attempts`: calls of `map` on one record before it is skipped as bad.
     - `max_bad_records`: the job fails when more records than this are skipped (None: no limit).
+    - `max_bad_fraction`: the job fails when more than this fraction of the input records are
+      skipped (None: no limit). Like Hadoop's skip mode, skipping bounds the loss: a file in the
+      wrong encoding, where every line is bad, fails instead of giving an empty result.
+    - `encoding`: text input's codec (ASCII-compatible, see `check_encoding`); a line that does
+      not decode is a bad record.
     - `bad_records_listed`: at most this many skipped records are listed in the report (all counted).
     """
 
@@ -116,6 +138,8 @@ class JobConfig:
     max_attempts: int = 4
     record_attempts: int = 2
     max_bad_records: int | None = None
+    max_bad_fraction: float | None = 0.01
+    encoding: str = "utf-8"
     bad_records_listed: int = 100
     use_combiner: bool = True
     output_format: str = "tsv"
@@ -139,6 +163,14 @@ class JobConfig:
             raise ValueError(
                 f"JobConfig.max_bad_records={self.max_bad_records!r} must be >= 0 or None"
             )
+        if self.max_bad_fraction is not None and not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(
+                f"JobConfig.max_bad_fraction={self.max_bad_fraction!r} must be in [0, 1] or None"
+            )
+        try:
+            check_encoding(self.encoding)
+        except ValueError as exc:
+            raise ValueError(f"JobConfig.encoding={self.encoding!r} is invalid: {exc}") from None
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(
                 f"JobConfig.output_format={self.output_format!r} is not allowed; use one of {OUTPUT_FORMATS}"

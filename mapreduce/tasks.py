@@ -18,6 +18,7 @@ optional `finalize` -> write `.part-RRRRR.*.attempt-N` -> hard-link it to `part-
 
 from __future__ import annotations
 
+import codecs
 import heapq
 import json
 import os
@@ -175,6 +176,8 @@ class _MapState:
         self.job = task.job
         self.config = task.config
         self.combine = task.job.combine if task.config.use_combiner else None
+        self.encoding = task.config.encoding
+        self.utf8 = codecs.lookup(self.encoding).name == "utf-8"
         self.spiller = _Spiller(task, scratch)
         self.fast = task.job.in_mapper if task.config.use_combiner else None
         self.acc = self.fast.init() if self.fast else None
@@ -218,35 +221,39 @@ class _MapState:
         self.counters["records_in"] += lines
         bad = 0
         if not block.isascii():
-            try:
-                block.decode("utf-8")
-            except UnicodeDecodeError:
-                block, bad = self._drop_undecodable(offset, block)
+            block, bad = self._as_utf8(offset, block)
         self.counters["records_processed"] += lines - bad
         self.fast.update(self.acc, block)
         if self.fast.size(self.acc) >= self.config.spill_records:
             self._spill_fast()
 
-    def _drop_undecodable(self, offset: int, block: bytes) -> tuple[bytes, int]:
-        """The block without its undecodable lines (each skipped and listed), and their number."""
+    def _as_utf8(self, offset: int, block: bytes) -> tuple[bytes, int]:
+        """The block as UTF-8 without its undecodable lines (each skipped and listed), and the
+        number of lines dropped."""
+        try:
+            text = block.decode(self.encoding)
+        except UnicodeDecodeError:
+            pass
+        else:
+            return (block if self.utf8 else text.encode("utf-8")), 0
         good: list[bytes] = []
         bad = 0
         for line_offset, line in lines_with_offsets(offset, block):
             try:
-                line.decode("utf-8")
+                text = line.decode(self.encoding)
             except UnicodeDecodeError as exc:
                 self.skip(
                     line_offset, line, f"UnicodeDecodeError: {exc.reason} at byte {exc.start}"
                 )
                 bad += 1
             else:
-                good.append(line)
+                good.append(line if self.utf8 else text.encode("utf-8"))
         return b"\n".join(good) + b"\n", bad
 
     def _parse(self, line: bytes) -> Any:
         if self.job.input_format == "jsonl":
-            return json.loads(line)
-        return line.decode("utf-8").removesuffix("\r")
+            return json.loads(line if self.utf8 else line.decode(self.encoding))
+        return line.decode(self.encoding).removesuffix("\r")
 
     def _add_line(self, offset: int, line: bytes) -> None:
         if self.job.input_format == "jsonl" and not line.strip():

@@ -16,7 +16,7 @@ def test_decode_group_reports_every_contender(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(bench_decode, "STEPS", 4)
     monkeypatch.setattr(bench_decode, "RECOMPUTE_STEPS", 2)
     rows = {row["case"]: row for row in bench_decode.decode_group(2, 16, 1, with_torch=True)}
-    names = ["mha", "recompute", "torch", "gqa", "mqa"]
+    names = ["mha", "recompute", "torch", "torch_1t", "gqa", "mqa"]
     assert list(rows) == [f"b2 ctx16 {name}" for name in names]
     assert all(row["tokens_per_s"] > 0 and row["vs_torch"] > 0 for row in rows.values())
     mha, gqa, mqa = (rows[f"b2 ctx16 {k}"]["cache_mb"] for k in ("mha", "gqa", "mqa"))

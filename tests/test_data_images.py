@@ -73,3 +73,41 @@ def test_cifar10_missing_batch(tmp_path: Path) -> None:
     (tmp_path / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match="data_batch_3"):
         load_cifar10(tmp_path)
+
+
+class _Exploit:
+    """Unpickling this runs `os.system` in a plain `pickle.load`."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, ("touch pwned",)
+
+
+def test_cifar10_refuses_a_malicious_pickle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_cifar_fixture(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": _Exploit()}
+    (tmp_path / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(ValueError, match=r"data_batch_2: not a CIFAR-10 batch: refusing .*system"):
+        load_cifar10(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+    # the same file does run its payload through a plain pickle.load: the test can fail
+    pickle.loads((tmp_path / "data_batch_2").read_bytes())
+    assert (tmp_path / "pwned").exists()
+    (tmp_path / "data_batch_2").write_bytes(pickle.dumps([1, 2], protocol=2))
+    with pytest.raises(ValueError, match="a list, not a dict"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar10_release_pickles_with_numpy1_names_load(tmp_path: Path) -> None:
+    """The release was pickled by numpy 1 (`numpy.core.multiarray._reconstruct`)."""
+    arrays = write_cifar_fixture(tmp_path)
+    for path in tmp_path.iterdir():
+        raw = path.read_bytes()
+        path.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert b"numpy.core.multiarray" in (tmp_path / "test_batch").read_bytes()
+    _, test, _ = load_cifar10(tmp_path)
+    np.testing.assert_array_equal(test.targets, arrays["test_batch_labels"])

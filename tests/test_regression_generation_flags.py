@@ -39,8 +39,9 @@ def test_sliding_window_generation(tmp_path: Path) -> None:
     assert math.isfinite(regression.run(flags)["generation_mse"])
 
 
-def test_bad_generation_flags() -> None:
-    with pytest.raises(ValueError, match="DecodeConfig.window=0 is invalid"):
-        regression.run([*TINY, "--autoregressive", "--sliding_window", "0"])
-    with pytest.raises(SystemExit):
-        regression.build_parser().parse_args(["--expanding_context", "--sliding_window", "3"])
+def test_bad_generation_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    for flags in (["--sliding_window", "0"], ["--expanding_context", "--sliding_window", "3"]):
+        with pytest.raises(SystemExit) as exit_info:
+            regression.main([*TINY, "--autoregressive", *flags])
+        assert exit_info.value.code == 2
+        assert "--sliding_window" in capsys.readouterr().err

@@ -3,6 +3,10 @@
 
 Each batch pickle holds `data` (uint8 `[n, 3072]`, the red, green and blue 32x32 planes of each
 image in row-major order) and `labels` (`n` ints); `batches.meta` holds `label_names`.
+
+The batches are read with a restricted unpickler: a pickle can name any importable callable, so
+only what the CIFAR-10 release holds (dicts, lists, bytes, str, ints and numpy arrays) is
+admitted, and any other global is refused by name (`pickle.UnpicklingError`).
 """
 
 from __future__ import annotations
@@ -21,13 +25,41 @@ TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 
 
+# The only globals a CIFAR-10 batch pickle references: numpy's array reconstruction (under its
+# numpy 1 and numpy 2 module names) and, in protocol-2 pickles of bytes, `_codecs.encode`.
+ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a CIFAR-10 batch holds only dicts, lists, "
+                "bytes, str, ints and numpy arrays"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"CIFAR-10 file {path} is missing (expected the python-pickle batches)"
         )
     with path.open("rb") as f:
-        raw = pickle.load(f, encoding="bytes")
+        try:
+            raw = _CifarUnpickler(f, encoding="bytes").load()
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"{path}: not a CIFAR-10 batch: {error}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a CIFAR-10 batch (a {type(raw).__name__}, not a dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 

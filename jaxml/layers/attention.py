@@ -119,20 +119,15 @@ class Attention(nn.Module):
         else:
             k, v = self._checked_context_kv(batch, context_kv)
         if cfg.use_rope:
-            if positions is None:
-                positions = jnp.broadcast_to(jnp.arange(q_len, dtype=jnp.int32), (batch, q_len))
-            q = apply_rope(q, positions, cfg.rope_theta)
-            k = apply_rope(k, positions, cfg.rope_theta)
+            q, k = self._rotate(q, k, positions)
         fits = None
         if cache is not None:
             fits = kv_cache.write_fits(cache, q_len)
             cache = kv_cache.append(cache, k, v)
             k, v = cache.k, cache.v
         allowed = self._allowed(batch, q_len, k.shape[1], cross, kv_mask, mask)
-        if (
-            self._kernel(q_len, k.shape[1], cross, cache, mask, kv_mask, return_weights)
-            == "blockwise"
-        ):
+        kernel = self._kernel(q_len, k.shape[1], cross, cache, mask, kv_mask, return_weights)
+        if kernel == "blockwise":
             block_size = flash_attention.pick_block_size(q_len, k.shape[1])
             attended, weights = flash_attention.causal_attention(q, k, v, block_size), None
         else:
@@ -141,6 +136,14 @@ class Attention(nn.Module):
         if fits is not None:
             out = jnp.where(fits[:, None, None], out, jnp.nan)
         return AttentionOutput(out, cache, weights if return_weights else None)
+
+    def _rotate(self, q: Array, k: Array, positions: Array | None) -> tuple[Array, Array]:
+        """Rotary embedding of queries and keys at `positions` (default `0 .. q_len-1`)."""
+        if positions is None:
+            batch, q_len = q.shape[:2]
+            positions = jnp.broadcast_to(jnp.arange(q_len, dtype=jnp.int32), (batch, q_len))
+        theta = self.config.rope_theta
+        return apply_rope(q, positions, theta), apply_rope(k, positions, theta)
 
     def _check_call(
         self,

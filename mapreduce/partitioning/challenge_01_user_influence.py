@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mapreduce.engine import JobResult, load_stats, run_job
+from mapreduce.cli import at_least_two, new_file, positive_int
+from mapreduce.engine import JobResult, check_output_outside_inputs, load_stats, run_job
 from mapreduce.executors import ENGINES, Executor, make_executor
 from mapreduce.job import Job, JobConfig, Pair
 from mapreduce.partitioning.partition_analyzer import PartitionAnalyzer
@@ -49,6 +50,7 @@ from mapreduce.splits import (
 )
 
 WEIGHTS = {"like": 1, "comment": 2, "share": 3}
+DEFAULT_OUTPUT = os.path.join("runs", "mapreduce", "user_influence")
 
 
 def influence(engagement: int, reach: int) -> dict[str, Any]:
@@ -134,7 +136,7 @@ def run_challenge(
     """Run the influence job under every strategy; returns the comparison rows, the per-partition
     loads of each strategy and whether all strategies gave the same influence for every author."""
     paths = expand_inputs(inputs)
-    output_dir = output_dir or os.path.join("runs", "mapreduce", "user_influence")
+    output_dir = output_dir or DEFAULT_OUTPUT
     sample = sample_authors(paths, sample_per_split, seed)
     sample_counts: Counter[Any] = Counter()
     for key, weight in sample:
@@ -226,15 +228,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("inputs", nargs="+", help="content_engagement_*.jsonl files")
     parser.add_argument("--engine", choices=ENGINES, default="processes")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--salts", type=int, help="salts per hot key (default: partitions)")
+    parser.add_argument("--workers", type=positive_int, default=2)
+    parser.add_argument("--partitions", type=at_least_two, default=8)
+    parser.add_argument(
+        "--salts", type=positive_int, help="salts per hot key (default: partitions)"
+    )
     parser.add_argument(
         "--output", help="where each strategy's output goes (default runs/mapreduce/user_influence)"
     )
-    parser.add_argument("--chart", help="write a bar chart of the reduce loads (PNG)")
-    parser.add_argument("--report", help="write the comparison as JSON")
+    parser.add_argument(
+        "--chart", type=new_file, help="write a bar chart of the reduce loads (PNG)"
+    )
+    parser.add_argument("--report", type=new_file, help="write the comparison as JSON")
     args = parser.parse_args(argv)
+    try:
+        expand_inputs(args.inputs)
+    except ValueError as exc:
+        parser.error(f"argument inputs: {exc}")
+    try:
+        check_output_outside_inputs(args.output or DEFAULT_OUTPUT, args.inputs)
+    except ValueError as exc:
+        parser.error(f"argument --output: {exc}")
     outcome = run_challenge(
         args.inputs,
         executor=args.engine,

@@ -3,6 +3,8 @@ counters, injected crashes, duplicate completions, commit and the report."""
 
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,11 +13,13 @@ import pytest
 from mapreduce.engine import JobFailedError, run_job
 from mapreduce.executors import SequentialExecutor, WorkerDied
 from mapreduce.job import FaultPlan, Job, JobConfig
+from mapreduce.output import read_rows
 from mapreduce.partitioning.partitioners import hash_partitioner
 from mapreduce.tasks import MapTask, ReduceTask, run_map_task, run_reduce_task
 from mapreduce.tokenizer import tokenize
 from mapreduce.word_stats import JOBS, get_job, get_words_stats_in_file, sum_values
 
+ROOT = Path(__file__).resolve().parents[2]
 TEXT = (
     "The quick brown fox jumps over the lazy dog.\n"
     "Über-große Füchse: THE fox, the Fox!\n"
@@ -90,6 +94,94 @@ def test_combiner_spills_and_streaming_merge_do_not_change_output(text_file, tmp
     )
 
 
+def repeated_words_map(line):
+    return [(word, 1) for word in tokenize(line)]
+
+
+@pytest.mark.parametrize("spill_records", [2, 1_000_000])
+def test_general_combiner_sums_every_value_of_a_repeated_key(tmp_path, spill_records):
+    """A job without an in-mapper combiner goes through the general map-side combiner: each
+    map task buffers several values per key and combines them before the shuffle."""
+    text = "the cat and the hat\nthe the end\nand a cat\n" * 5
+    path = write(tmp_path / "repeated.txt", text)
+    job = Job("repeated", repeated_words_map, sum_values, sum_values)
+    config = JobConfig(num_partitions=2, split_bytes=60, spill_records=spill_records)
+    result = run_job(job, [path], tmp_path / "out", config=config)
+    assert dict(result.records()) == Counter(tokenize(text))
+    counters = result.report["counters"]
+    assert counters["shuffle"]["records"] < counters["map"]["map_output_records"]
+
+
+PINNED_PARTITIONS = {  # zlib.crc32(word.encode("utf-8")) % 4, fixed forever
+    "apple": 0,
+    "banana": 3,
+    "date": 2,
+    "elderberry": 1,
+    "fig": 1,
+    "grape": 1,
+    "honeydew": 3,
+    "kiwi": 0,
+    "nectarine": 3,
+    "orange": 0,
+    "papaya": 1,
+    "raspberry": 1,
+}
+PINNED_INT_PARTITIONS = {1: 3, 2: 1, 3: 3, 4: 0, 5: 2, 6: 0, 7: 2, 8: 3, 9: 1, 10: 1}
+
+
+def word_length_map(line):
+    return [(len(word), 1) for word in tokenize(line)]
+
+
+@pytest.mark.parametrize("use_combiner", [True, False])
+def test_engine_sends_known_keys_to_pinned_partitions(tmp_path, use_combiner):
+    text = " ".join(PINNED_PARTITIONS) + "\n" + " ".join("x" * n for n in PINNED_INT_PARTITIONS)
+    path = write(tmp_path / "keys.txt", text)
+    config = JobConfig(num_partitions=4, use_combiner=use_combiner, output_format="json")
+    words = run_job(get_job("word_count"), [path], tmp_path / "words", config=config)
+    where = {k: r for r, f in enumerate(words.files) for k, _ in read_rows(f)}
+    assert {k: where[k] for k in PINNED_PARTITIONS} == PINNED_PARTITIONS
+    lengths = Job("lengths", word_length_map, sum_values, sum_values)
+    by_length = run_job(lengths, [path], tmp_path / "lengths", config=config)
+    where = {k: r for r, f in enumerate(by_length.files) for k, _ in read_rows(f)}
+    assert where == PINNED_INT_PARTITIONS
+
+
+RUN_IN_A_FRESH_INTERPRETER = """
+import sys
+from mapreduce.engine import run_job
+from mapreduce.job import Job, JobConfig
+from mapreduce.tokenizer import tokenize
+from mapreduce.word_stats import get_job, sum_values
+
+def initial_and_length(line):  # tuple keys: partitioned by stable_hash, not the str fast path
+    return [((word[0], len(word)), 1) for word in tokenize(line)]
+
+config = JobConfig(num_partitions=4)
+source, out = sys.argv[1:]
+run_job(get_job("word_count"), [source], out + "/words", config=config)
+run_job(Job("pairs", initial_and_length, sum_values), [source], out + "/pairs", config=config)
+"""
+
+
+def test_same_input_gives_the_same_partition_files_under_any_hash_seed(text_file, tmp_path):
+    outputs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        subprocess.run(
+            [sys.executable, "-c", RUN_IN_A_FRESH_INTERPRETER, text_file, str(out)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=ROOT,
+            check=True,
+            timeout=60,
+        )
+        outputs.append(
+            {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/part-*"))}
+        )
+    assert len(outputs[0]) == 8 and all(outputs[0].values())
+    assert outputs[0] == outputs[1]
+
+
 SEEN_KEYS: list[str] = []
 
 
@@ -126,7 +218,7 @@ def test_bad_utf8_lines_are_skipped_counted_and_listed(tmp_path):
     )
     path = write(tmp_path / "bad.txt", data)
     for use_combiner in (True, False):
-        config = JobConfig(num_partitions=2, use_combiner=use_combiner)
+        config = JobConfig(num_partitions=2, use_combiner=use_combiner, max_bad_fraction=None)
         result = run_job(
             get_job("word_count"), [path], tmp_path / f"out{use_combiner}", config=config
         )
@@ -148,7 +240,9 @@ def test_malformed_json_lines_and_failing_map_records_are_skipped(tmp_path):
     path = write(tmp_path / "e.jsonl", "\n".join(lines) + "\n")
     from mapreduce.partitioning.challenge_01_user_influence import INFLUENCE_JOB
 
-    config = JobConfig(num_partitions=2, bad_records_listed=1, record_attempts=3)
+    config = JobConfig(
+        num_partitions=2, bad_records_listed=1, record_attempts=3, max_bad_fraction=None
+    )
     result = run_job(INFLUENCE_JOB, [path], tmp_path / "out", config=config)
     rec = result.report["reconciliation"]
     assert rec == {"records_in": 3, "records_processed": 1, "records_skipped": 2, "ok": True}
@@ -180,7 +274,9 @@ def test_record_attempts_retry_flaky_records_and_skip_poison(tmp_path):
     FLAKY_CALLS.clear()
     path = write(tmp_path / "f.txt", "a flaky b\npoison pill\nc\n")
     job = Job("flaky", flaky_map, sum_values, sum_values)
-    result = run_job(job, [path], tmp_path / "out", config=JobConfig(record_attempts=2))
+    result = run_job(
+        job, [path], tmp_path / "out", config=JobConfig(record_attempts=2, max_bad_fraction=0.5)
+    )
     assert dict(result.records()) == {"a": 1, "b": 1, "c": 1, "flaky": 1}
     assert FLAKY_CALLS["poison pill"] == 2
     assert result.report["bad_records"]["listed"][0]["reason"].startswith(
@@ -208,8 +304,13 @@ def test_injected_crashes_are_retried_and_output_matches_clean_run(text_file, tm
 def test_a_task_failing_every_attempt_fails_the_job(text_file, tmp_path):
     faults = FaultPlan(crash=frozenset({("map", 0)}), attempts=3)
     config = JobConfig(split_bytes=40, max_attempts=3, faults=faults)
+    work = tmp_path / "work"
+    work.mkdir()
     with pytest.raises(JobFailedError, match="map task 0 failed 3 times"):
-        run_job(get_job("word_count"), [text_file], tmp_path / "out", config=config)
+        run_job(
+            get_job("word_count"), [text_file], tmp_path / "out", config=config, work_dir=str(work)
+        )
+    assert list(work.iterdir()) == []  # the failed job's intermediate files are gone
     with pytest.raises(ValueError, match="kill the driver"):
         run_job(
             get_job("word_count"),
@@ -313,6 +414,9 @@ def test_report_json_and_output_formats(text_file, tmp_path):
         ({"split_bytes": -1}, "split_bytes"),
         ({"output_format": "csv"}, "output_format"),
         ({"max_bad_records": -2}, "max_bad_records"),
+        ({"max_bad_fraction": 1.5}, "max_bad_fraction"),
+        ({"encoding": "utf-16"}, "encoding"),
+        ({"encoding": "no-such-codec"}, "encoding"),
     ],
 )
 def test_config_validation(kwargs, message):
