@@ -11,6 +11,10 @@ machine hits all contenders alike. MFU counts the useful matmul FLOPs of a causa
 `6 · N · tokens + 6 · layers · seq · embed_dim · tokens` (N = matmul params incl. the output
 projection, excl. the embedding lookup; attention counted for the causal half only), against the
 measured float32 matmul peak (`matmul_peak`).
+
+On a shared machine, give both frameworks the same core for a fair ratio (XLA sizes its thread
+pool from the CPU affinity; `XLA_FLAGS` thread settings do not stop it using every core):
+`OMP_NUM_THREADS=1 taskset -c 1 python -m experiments.bench_train`.
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ def case(name: str, fields: dict[str, Any], batch: int, seq: int, args: argparse
         row["jax_vs_compile"] = median["compile"] / median["jax"]
     for key, seconds in median.items():
         row[f"{key}_mfu"] = flops / seconds / peak
+    row["peak_gflops"] = peak / 1e9
     row["jax_compile_s"] = compile_s["jax"]
     return row
 

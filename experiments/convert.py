@@ -97,7 +97,7 @@ def _read_orbax(
     from jaxml.configs import LMConfig
     from jaxml.training.checkpoint import Checkpointer
 
-    ckpt = Checkpointer(directory)
+    ckpt = Checkpointer(directory, read_only=True)  # a source: create, clean, delete nothing
     try:
         meta = ckpt.read_meta(step)
         if config_path is not None:

@@ -147,7 +147,7 @@ def test_transformers_logits_match(config: LMConfig, tmp_path: Path) -> None:
     params = _params(config, seed=3)
     hf.save_hf(tmp_path / "m", config, params)
     cls = transformers.MixtralForCausalLM if config.use_moe else transformers.LlamaForCausalLM
-    model = cls.from_pretrained(tmp_path / "m", torch_dtype=torch.float32).eval()
+    model = cls.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()  # transformers >= 4.56
     with torch.no_grad():
         theirs = model(torch.from_numpy(IDS).long()).logits.numpy()
     ours, _ = LM(config).apply({"params": params}, IDS)

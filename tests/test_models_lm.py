@@ -15,7 +15,7 @@ from jax import Array
 from jaxml.configs import DecodeConfig, SamplingConfig
 from jaxml.configs.lm import LMConfig, SOTAConfig, llama_ffn_latent_dim
 from jaxml.layers import kv_cache
-from jaxml.models.lm import LM, generate, init_cache
+from jaxml.models.lm import LM, SOTATransformer, generate, init_cache
 
 CFG = LMConfig(
     vocab_size=32, embed_dim=16, num_layers=2, num_heads=4, ffn_latent_dim=24, max_seq_len=16
@@ -51,6 +51,7 @@ def test_config_defaults_and_original_names() -> None:
     original = SOTAConfig(vocab_size=100, d_model=256, num_heads=8, num_layers=2, n_kv_heads=2)
     assert original == config.replace(num_groups=2)
     assert hash(original) == hash(config.replace(num_groups=2))
+    assert SOTATransformer is LM
     with pytest.raises(ValueError, match="SOTAConfig.dropout=0.1"):
         SOTAConfig(vocab_size=100, d_model=256, num_heads=8, num_layers=2, dropout=0.1)
     with pytest.raises(ValueError, match="both 'd_model' and 'embed_dim'"):

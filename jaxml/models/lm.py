@@ -178,6 +178,9 @@ def init_cache(
     return tuple(layer for _ in range(config.num_layers))
 
 
+SOTATransformer = LM  # the original framework's name for this model
+
+
 class Generated(NamedTuple):
     tokens: Array  # int32 [batch, max_new_tokens]; `pad_id` after a row's EOS / budget
     num_generated: Array  # int32 [batch]: new tokens per row (its EOS included)

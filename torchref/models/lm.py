@@ -150,6 +150,9 @@ def init_cache(
     return tuple(layer for _ in range(config.num_layers))
 
 
+SOTATransformer = LM  # the original framework's name for this model
+
+
 class Generated(NamedTuple):
     tokens: torch.Tensor  # int32 [batch, max_new_tokens]; `pad_id` after a row is done
     num_generated: torch.Tensor  # int32 [batch]
