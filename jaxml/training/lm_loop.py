@@ -239,9 +239,7 @@ def train_lm(
     runner = DataParallel(module_apply(model), tx, schedule, config)
     device_state = runner.device_state(state)
     if ckpt is not None and ckpt.latest_step() is not None:
-        restored, saved = ckpt.restore(runner.checkpoint_template(state))
-        device_state = runner.device_state(restored) if runner.mode == "pmap" else restored
-        ckpt = set_aside_damaged(ckpt, saved["step"], config)
+        device_state, ckpt = resume(ckpt, runner, state, config)
     start = int(host_copy(runner.saved_form(device_state).step))
     primary = is_primary()
     bar = progress_bar(config.steps, initial=start, enabled=config.progress and primary)
@@ -288,14 +286,7 @@ def train_lm(
                     tokens_per_sec = timed_steps * config.tokens_per_step / timed_seconds
                     if flops_per_token and peak_flops:
                         mfu = flops_per_token * tokens_per_sec / peak_flops
-                row = {
-                    "step": done,
-                    "train_loss": float(np.mean([v["loss"] for v in window])),
-                    "lr": float(values["lr"]),
-                    "grad_norm": float(values["grad_norm"]),
-                    "tokens_per_sec": tokens_per_sec,
-                    **({} if mfu is None else {"mfu": mfu}),
-                }
+                row = train_row(done, window, tokens_per_sec, mfu)
                 window = []
                 history.append(row)
                 logger.scalars("train", {k: v for k, v in row.items() if k != "step"}, done)
@@ -326,6 +317,30 @@ def train_lm(
         tokens_per_sec=tokens_per_sec,
         mfu=mfu,
     )
+
+
+def train_row(
+    step: int, window: list[Metrics], tokens_per_sec: float, mfu: float | None
+) -> dict[str, float]:
+    """The logged row of `step`: mean loss over the steps since the last row, the last step's
+    learning rate and gradient norm, and the throughput."""
+    row = {
+        "step": step,
+        "train_loss": float(np.mean([m["loss"] for m in window])),
+        "lr": float(window[-1]["lr"]),
+        "grad_norm": float(window[-1]["grad_norm"]),
+        "tokens_per_sec": tokens_per_sec,
+    }
+    return row if mfu is None else {**row, "mfu": mfu}
+
+
+def resume(
+    ckpt: Checkpointer, runner: DataParallel, state: TrainState, config: LMTrainConfig
+) -> tuple[Any, Checkpointer]:
+    """The newest intact checkpoint in `runner`'s device form (damaged newer ones set aside)."""
+    restored, saved = ckpt.restore(runner.checkpoint_template(state))
+    device_state = runner.device_state(restored) if runner.mode == "pmap" else restored
+    return device_state, set_aside_damaged(ckpt, saved["step"], config)
 
 
 def _postfix(row: Mapping[str, float]) -> dict[str, str]:

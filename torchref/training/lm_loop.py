@@ -175,14 +175,7 @@ def train_lm(
                     tokens_per_sec = timed_steps * config.tokens_per_step / timed_seconds
                     if flops_per_token and peak_flops:
                         mfu = flops_per_token * tokens_per_sec / peak_flops
-                row = {
-                    "step": done,
-                    "train_loss": float(np.mean(window)),
-                    "lr": float(metrics["lr"]),
-                    "grad_norm": float(metrics["grad_norm"]),
-                    "tokens_per_sec": tokens_per_sec,
-                    **({} if mfu is None else {"mfu": mfu}),
-                }
+                row = train_row(done, window, metrics, tokens_per_sec, mfu)
                 window = []
                 history.append(row)
                 logger.scalars("train", {k: v for k, v in row.items() if k != "step"}, done)
@@ -213,6 +206,20 @@ def train_lm(
         tokens_per_sec=tokens_per_sec,
         mfu=mfu,
     )
+
+
+def train_row(
+    step: int, losses: list[float], last: dict, tokens_per_sec: float, mfu: float | None
+) -> dict[str, float]:
+    """As jaxml's: mean loss since the last row, the last step's lr and gradient norm."""
+    row = {
+        "step": step,
+        "train_loss": float(np.mean(losses)),
+        "lr": float(last["lr"]),
+        "grad_norm": float(last["grad_norm"]),
+        "tokens_per_sec": tokens_per_sec,
+    }
+    return row if mfu is None else {**row, "mfu": mfu}
 
 
 def _postfix(row: Mapping[str, float]) -> dict[str, str]:
