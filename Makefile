@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run regression test lint format bench clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: train the LM on CPython's documentation, restore it, print figures and a sample.
 run: setup
+	$(PY) -m experiments.train_sota --backend jax
+
+# The original regression job (a short transformer regression).
+regression: setup
 	$(PY) -m experiments.main
 
 lint: setup

@@ -154,11 +154,45 @@ def mapreduce(args: argparse.Namespace) -> list[Row]:
     return mapreduce_bench.run_benchmark(size_mb=20.0 if args.quick else 200.0)
 
 
+def train(args: argparse.Namespace) -> list[Row]:
+    """One AdamW step of the LM (~5M and ~27M), jaxml vs torch eager vs torch.compile (see
+    `experiments/bench_train.py`)."""
+    from experiments import bench_train
+
+    args.rounds, args.steps = (3, 1) if args.quick else (5, 2)
+    return bench_train.run_benchmark(args)
+
+
+def bandwidth(args: argparse.Namespace) -> list[Row]:
+    """This machine's memory copy bandwidth (see `experiments/bench_decode.py`)."""
+    from experiments import bench_decode
+
+    return bench_decode.bandwidth_rows()
+
+
+def decode(args: argparse.Namespace) -> list[Row]:
+    """Cached vs recompute decoding, mha/gqa/mqa, jaxml vs torchref (`experiments/bench_decode.py`)."""
+    from experiments import bench_decode
+
+    return bench_decode.run_benchmark(quick=args.quick)
+
+
+def speculative(args: argparse.Namespace) -> list[Row]:
+    """Speculative vs target-only decoding tokens/s, k = 2/4/8, batch 1/8 (see `experiments/bench_speculative.py`)."""
+    from experiments import bench_speculative
+
+    return bench_speculative.run_benchmark(quick=args.quick)
+
+
 REGISTRY: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "matmul_peak": matmul_peak,
+    "bandwidth": bandwidth,
+    "decode": decode,
     "attention": attention,
     "moe": moe,
     "mapreduce": mapreduce,
+    "train": train,
+    "speculative": speculative,
 }
 
 

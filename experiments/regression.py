@@ -4,12 +4,15 @@
         [--autoregressive | --encoderdecoder] [--attention_type mha|mqa|gqa] [--num_groups N]
         [--moe] [--epochs N] [--lr X] [--optimizer adam|adamw|sgd|rmsprop]
         [--custom_act relu|tanh|gelu] [--latent_dims 128,64,32] [--backend jax|torch]
+        [--use_kv_cache | --no-use_kv_cache] [--expanding_context | --sliding_window N]
 
 Tasks (all synthetic, fixed by `--seed`):
 - linear / nlinear: `y = 1 - 2x + 0.5x^2 + 1.5x^3 + 0.1 N(0,1)` (the noise floor is MSE 0.01).
 - transformer: predict the sum of a sequence of `--seq_len` uniform values.
 - --autoregressive: next-value prediction on noisy sinusoids, then a free-running continuation.
 - --encoderdecoder: reverse the source sequence (teacher forcing), then greedy decoding.
+Both generate with the KV cache (`--no-use_kv_cache`: full recompute per step), keeping every
+position (`--expanding_context`, the default) or the last N (`--sliding_window N`).
 Prints the final train / validation loss; logs to a run directory (tensorboard) and keeps
 checkpoints there for `--restore DIR [--predict]`.
 """
@@ -35,7 +38,7 @@ from experiments.common import (
     restore_job,
 )
 from experiments.flags import dims, int_list, nonneg_float, positive_float, positive_int
-from jaxml.configs import FFNConfig, RegressorConfig, TransformerConfig
+from jaxml.configs import DecodeConfig, FFNConfig, RegressorConfig, TransformerConfig
 from jaxml.data import synthetic
 from jaxml.data.loader import ArrayDataset
 from jaxml.training.logging import prediction_figure
@@ -84,6 +87,24 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--seq_len", type=positive_int, default=16)
     g.add_argument("--num_samples", type=positive_int, default=None)
     g.add_argument("--noise", type=nonneg_float, default=0.1, help="polynomial noise std")
+    g = parser.add_argument_group("generation (--autoregressive, --encoderdecoder)")
+    g.add_argument(
+        "--use_kv_cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode with the KV cache (default) or recompute the full prefix every step",
+    )
+    context = g.add_mutually_exclusive_group()
+    context.add_argument(
+        "--expanding_context", action="store_true", help="keep every position (default)"
+    )
+    context.add_argument(
+        "--sliding_window",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="attend to the last N",
+    )
     add_training_args(parser)
     return parser
 
@@ -175,6 +196,15 @@ def model_builder(config: RegressorConfig | TransformerConfig, mode: str) -> Any
     return build
 
 
+def decode_config(args: argparse.Namespace) -> DecodeConfig:
+    """The generation flags as a validated `DecodeConfig` (ValueError naming the field)."""
+    return DecodeConfig(
+        use_kv_cache=args.use_kv_cache,
+        expanding_context=args.sliding_window is None,
+        window=args.sliding_window,
+    )
+
+
 def generation_error(trained: Trained, args: argparse.Namespace, mode: str) -> float | None:
     """Free-running MSE: continue held-out sinusoids from their first half (autoregressive), or
     decode reversed sequences from the source alone (encoder-decoder)."""
@@ -196,9 +226,9 @@ def generation_error(trained: Trained, args: argparse.Namespace, mode: str) -> f
         x = torch.from_numpy(prefix).to(trained.device)
         trained.model.eval()
         out = (
-            predict_autoregressively(trained.model, x, steps)
+            predict_autoregressively(trained.model, x, steps, decode_config=decode_config(args))
             if mode == "autoregressive"
-            else generate(trained.model, x, steps)
+            else generate(trained.model, x, steps, decode_config=decode_config(args))
         )
         pred = out.cpu().numpy()
     else:
@@ -206,7 +236,9 @@ def generation_error(trained: Trained, args: argparse.Namespace, mode: str) -> f
         from jaxml.models.generation import predict_autoregressively as jpredict
 
         fn = jpredict if mode == "autoregressive" else jgenerate
-        pred = np.asarray(fn(trained.model, trained.params, prefix, steps))
+        pred = np.asarray(
+            fn(trained.model, trained.params, prefix, steps, decode_config=decode_config(args))
+        )
     return float(np.mean((pred - truth) ** 2))
 
 
@@ -215,6 +247,7 @@ def prepare(argv: Sequence[str] | None = None, prog: str = PROG) -> Job:
     nothing is compiled or trained."""
     args = parse_run_args(lambda: build_parser(prog), argv, RUN_FLAGS)
     mode = mode_of(args)
+    decode_config(args)  # bad generation flags fail here, before any training
     fill_defaults(args, mode)
     build = model_builder(model_config(args, mode), mode)
     return make_job(

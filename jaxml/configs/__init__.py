@@ -7,8 +7,12 @@ any bad field is a `ValueError` naming it (`AttentionConfig.num_groups=3 is inva
 num_heads=8`), so a config can be a static `jax.jit` argument.
 """
 
+from jaxml.configs.decoding import DecodeConfig, SamplingConfig
 from jaxml.configs.layers import ACTIVATIONS, ATTENTION_TYPES, FFN_KINDS, AttentionConfig, FFNConfig
+from jaxml.configs.lm import LMConfig, SOTAConfig
+from jaxml.configs.lm_training import LMTrainConfig, default_lm_optimizer
 from jaxml.configs.models import CNNConfig, RegressorConfig, TransformerConfig, parse_latent_dims
+from jaxml.configs.speculative import SpeculativeConfig
 from jaxml.configs.training import (
     LOSS_NAMES,
     OPTIMIZERS,
@@ -28,10 +32,17 @@ __all__ = [
     "SCHEDULES",
     "AttentionConfig",
     "CNNConfig",
+    "DecodeConfig",
     "FFNConfig",
+    "LMConfig",
+    "LMTrainConfig",
     "OptimizerConfig",
     "RegressorConfig",
+    "SOTAConfig",
+    "SamplingConfig",
+    "SpeculativeConfig",
     "TrainConfig",
     "TransformerConfig",
+    "default_lm_optimizer",
     "parse_latent_dims",
 ]

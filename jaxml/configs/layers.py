@@ -13,6 +13,7 @@ from jaxml.configs._validate import (
 )
 
 ATTENTION_TYPES = ("mha", "mqa", "gqa")
+ATTENTION_KERNELS = ("auto", "dense", "blockwise")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "tanh", "silu")
 FFN_KINDS = ("mlp", "swiglu")
 MAX_LOSS_COEF = 1e6  # larger aux-loss weights overflow float32 losses at init
@@ -24,6 +25,10 @@ class AttentionConfig(Config):
 
     `num_groups` is the number of key/value heads: mha ⇒ `num_heads`, mqa ⇒ 1,
     gqa ⇒ the given value (default `num_heads // 2`), which must divide `num_heads`.
+    `kernel` names the implementation: `dense` (explicit masked softmax; serves every call),
+    `blockwise` (`flash_attention.causal_attention`: causal self-attention without cache, mask,
+    padding or weights, over whole blocks; any other call is an error) or `auto` (blockwise
+    exactly where it applies, dense elsewhere; the same numbers either way).
     """
 
     embed_dim: int
@@ -34,10 +39,12 @@ class AttentionConfig(Config):
     use_rope: bool = False
     rope_theta: float = 10000.0
     use_bias: bool = True
+    kernel: str = "auto"
 
     def validate(self) -> None:
         check_positive(self, "embed_dim", "num_heads")
         check_choice(self, "attention_type", ATTENTION_TYPES)
+        check_choice(self, "kernel", ATTENTION_KERNELS)
         if self.embed_dim % self.num_heads:
             fail(
                 self,

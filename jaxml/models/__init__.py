@@ -1,7 +1,12 @@
 """Complete models built from `jaxml.layers`; each has a PyTorch twin in `torchref.models`."""
 
 from jaxml.models.cnn import CNNClassifier
-from jaxml.models.generation import generate, predict_autoregressively
+from jaxml.models.generation import (
+    generate,
+    generate_recompute,
+    predict_autoregressively,
+    predict_autoregressively_recompute,
+)
 from jaxml.models.regression import LinearRegressor, MLPRegressor
 from jaxml.models.transformer import (
     AutoregressiveTransformerModel,
@@ -17,5 +22,7 @@ __all__ = [
     "MLPRegressor",
     "TransformerModel",
     "generate",
+    "generate_recompute",
     "predict_autoregressively",
+    "predict_autoregressively_recompute",
 ]

@@ -61,6 +61,39 @@ def prediction_figure(prediction: np.ndarray, target: np.ndarray, title: str = "
     return fig
 
 
+def loss_curve_figure(
+    history: list[dict[str, float]], title: str = "", baseline: float | None = None
+) -> Figure:
+    """Training loss (every logged step) and validation loss (every evaluation) against the
+    step, from rows `{"step", "train_loss"?, "val_loss"?}`; `baseline` (e.g. the unigram
+    entropy) as a dashed line."""
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    for key, label, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
+        points = [(row["step"], row[key]) for row in history if key in row]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, style, label=label, markersize=3)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", label=f"unigram baseline {baseline:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def lm_flops_per_token(
+    num_params: int, num_layers: int, embed_dim: int, seq_len: int, embedding_params: int = 0
+) -> int:
+    """Training FLOPs per token of a decoder-only transformer (PaLM appendix B): `6 N` for the
+    matmuls forward + backward (N without the input embedding table, a lookup) plus
+    `12 L d T` for the attention scores and mixing."""
+    return 6 * (num_params - embedding_params) + 12 * num_layers * embed_dim * seq_len
+
+
 def progress_bar(total: int, *, initial: int = 0, enabled: bool = True, desc: str = "train") -> Any:
     """A tqdm bar over `total` steps starting at `initial` (`enabled=False` hides it)."""
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True)

@@ -15,8 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from jaxml.configs import AttentionConfig
-from torchref.layers.kv_cache import KVCache, append_kv
+from torchref.layers import kv_cache
+from torchref.layers.kv_cache import KVCache
 from torchref.layers.positions import apply_rope
+
+BLOCK_SIZES = (
+    64,
+    32,
+)  # jaxml's blockwise kernel sizes: `kernel="blockwise"` accepts the same calls
 
 
 class AttentionOutput(NamedTuple):
@@ -70,7 +76,12 @@ def fused_attention(
 
 
 class Attention(nn.Module):
-    """Multi-head attention with grouped key/value heads; same call as the jaxml module."""
+    """Multi-head attention with grouped key/value heads; same call as the jaxml module.
+
+    `config.kernel` is validated like jaxml's (a `blockwise` request the jaxml kernel could not
+    serve is an error); the computation is `F.scaled_dot_product_attention` either way, or the
+    explicit path when weights are asked for. A cache write that does not fit raises.
+    """
 
     def __init__(self, config: AttentionConfig) -> None:
         super().__init__()
@@ -85,62 +96,53 @@ class Attention(nn.Module):
             config.num_heads * config.head_dim, config.embed_dim, bias=config.use_bias
         )
 
+    def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[batch, kv_len, embed_dim]` -> keys, values `[batch, kv_len, num_kv_heads, head_dim]`."""
+        cfg = self.config
+        if source.ndim != 3 or source.shape[-1] != cfg.embed_dim:
+            raise ValueError(
+                f"context must be [batch, kv_len, embed_dim={cfg.embed_dim}], got {tuple(source.shape)}"
+            )
+        shape = (*source.shape[:2], cfg.num_kv_heads, cfg.head_dim)
+        return self.k_proj(source).view(shape), self.v_proj(source).view(shape)
+
     def forward(
         self,
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         *,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
         return_weights: bool = False,
     ) -> AttentionOutput:
         cfg = self.config
-        if x.ndim != 3 or x.shape[-1] != cfg.embed_dim:
-            raise ValueError(
-                f"x must be [batch, seq, embed_dim={cfg.embed_dim}], got {tuple(x.shape)}"
-            )
-        if context is not None and (cache is not None or cfg.use_rope):
-            raise ValueError("cross-attention (context=...) takes neither a cache nor use_rope")
-        source = x if context is None else context
-        if source.ndim != 3 or source.shape[0] != x.shape[0] or source.shape[-1] != cfg.embed_dim:
-            raise ValueError(
-                f"context must be [batch={x.shape[0]}, kv_len, {cfg.embed_dim}], got {tuple(source.shape)}"
-            )
+        cross = context is not None or context_kv is not None
+        self._check_call(x, context, context_kv, positions, cache, mask)
         batch, q_len, _ = x.shape
         q = self.q_proj(x).view(batch, q_len, cfg.num_heads, cfg.head_dim)
-        kv_shape = (batch, source.shape[1], cfg.num_kv_heads, cfg.head_dim)
-        k = self.k_proj(source).view(kv_shape)
-        v = self.v_proj(source).view(kv_shape)
-
-        offset = 0 if cache is None else cache.end_index
+        if context_kv is None:
+            k, v = self.project_kv(x if context is None else context)
+        else:
+            k, v = context_kv
+            expected = (batch, k.shape[1], cfg.num_kv_heads, cfg.head_dim)
+            if tuple(k.shape) != expected or k.shape != v.shape:
+                raise ValueError(
+                    f"context_kv must be two {expected} tensors (from project_kv), "
+                    f"got {tuple(k.shape)} and {tuple(v.shape)}"
+                )
         if cfg.use_rope:
             if positions is None:
-                positions = (offset + torch.arange(q_len, device=x.device)).expand(batch, q_len)
+                positions = torch.arange(q_len, device=x.device).expand(batch, q_len)
             q = apply_rope(q, positions, cfg.rope_theta)
             k = apply_rope(k, positions, cfg.rope_theta)
-
-        allowed = None
         if cache is not None:
-            cache = append_kv(cache, k, v)
+            cache = kv_cache.append(cache, k, v)
             k, v = cache.k, cache.v
-            kv_len = k.shape[1]
-            if cfg.apply_causal_mask:
-                allowed = causal_mask(q_len, kv_len, offset, x.device)[None]
-            else:
-                allowed = (torch.arange(kv_len, device=x.device) < cache.end_index)[None, None, :]
-        elif cfg.apply_causal_mask and context is None:
-            allowed = causal_mask(q_len, device=x.device)[None]
-        if kv_mask is not None:
-            if tuple(kv_mask.shape) != (batch, k.shape[1]):
-                raise ValueError(
-                    f"kv_mask must be [batch, kv_len]={(batch, k.shape[1])}, got {tuple(kv_mask.shape)}"
-                )
-            padding = kv_mask.bool()[:, None, :]
-            allowed = padding if allowed is None else allowed & padding
-        if allowed is not None:
-            allowed = allowed.expand(batch, q_len, k.shape[1])
-
+        self._check_kernel(q_len, k.shape[1], cross, cache, mask, kv_mask, return_weights)
+        allowed = self._allowed(batch, q_len, k.shape[1], cross, kv_mask, mask, x.device)
         weights = None
         if return_weights:
             attended, weights = dot_product_attention(q, k, v, allowed)
@@ -148,3 +150,97 @@ class Attention(nn.Module):
             attended = fused_attention(q, k, v, allowed)
         out = self.o_proj(attended.reshape(batch, q_len, cfg.num_heads * cfg.head_dim))
         return AttentionOutput(out, cache, weights)
+
+    def _check_call(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None,
+        positions: torch.Tensor | None,
+        cache: KVCache | None,
+        mask: torch.Tensor | None,
+    ) -> None:
+        cfg = self.config
+        if x.ndim != 3 or x.shape[-1] != cfg.embed_dim:
+            raise ValueError(
+                f"x must be [batch, seq, embed_dim={cfg.embed_dim}], got {tuple(x.shape)}"
+            )
+        if context is not None and context_kv is not None:
+            raise ValueError("pass either context or context_kv, not both")
+        if (context is not None or context_kv is not None) and (cache is not None or cfg.use_rope):
+            raise ValueError("cross-attention (context=...) takes neither a cache nor use_rope")
+        if context is not None and context.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"context must be [batch={x.shape[0]}, kv_len, embed_dim], got {tuple(context.shape)}"
+            )
+        if cache is not None and (mask is None or (cfg.use_rope and positions is None)):
+            raise ValueError(
+                "with a cache, pass mask (and positions with use_rope): build them once per step "
+                "with kv_cache.attention_mask / kv_cache.next_positions"
+            )
+        if positions is not None and tuple(positions.shape) != tuple(x.shape[:2]):
+            raise ValueError(
+                f"positions must be [batch, q_len]={tuple(x.shape[:2])}, got {tuple(positions.shape)}"
+            )
+
+    def _allowed(
+        self,
+        batch: int,
+        q_len: int,
+        kv_len: int,
+        cross: bool,
+        kv_mask: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """`[batch, q_len, kv_len]` bool of visible keys, or None (everything visible)."""
+        allowed = None
+        if mask is not None:
+            if tuple(mask.shape) != (batch, q_len, kv_len):
+                raise ValueError(
+                    f"mask must be [batch, q_len, kv_len]={(batch, q_len, kv_len)}, got {tuple(mask.shape)}"
+                )
+            allowed = mask.bool()
+        elif self.config.apply_causal_mask and not cross:
+            allowed = causal_mask(q_len, kv_len, device=device)[None]
+        if kv_mask is not None:
+            if tuple(kv_mask.shape) != (batch, kv_len):
+                raise ValueError(
+                    f"kv_mask must be [batch, kv_len]={(batch, kv_len)}, got {tuple(kv_mask.shape)}"
+                )
+            padding = kv_mask.bool()[:, None, :]
+            allowed = padding if allowed is None else allowed & padding
+        return None if allowed is None else allowed.expand(batch, q_len, kv_len)
+
+    def _check_kernel(
+        self,
+        q_len: int,
+        kv_len: int,
+        cross: bool,
+        cache: KVCache | None,
+        mask: torch.Tensor | None,
+        kv_mask: torch.Tensor | None,
+        return_weights: bool,
+    ) -> None:
+        if self.config.kernel != "blockwise":
+            return
+        whole_blocks = q_len == kv_len and any(
+            q_len % b == 0 and q_len >= 2 * b for b in BLOCK_SIZES
+        )
+        obstacles = {
+            "a non-causal config": not self.config.apply_causal_mask,
+            "cross-attention": cross,
+            "a cache": cache is not None,
+            "an explicit mask": mask is not None,
+            "a kv_mask": kv_mask is not None,
+            "return_weights": return_weights,
+            f"q_len={q_len}, kv_len={kv_len} (not two or more whole blocks of {BLOCK_SIZES})": (
+                not whole_blocks
+            ),
+        }
+        blocked = [what for what, present in obstacles.items() if present]
+        if blocked:
+            raise ValueError(
+                f"AttentionConfig.kernel='blockwise' cannot serve a call with {', '.join(blocked)}: "
+                "use kernel='dense' or 'auto'"
+            )

@@ -1,7 +1,12 @@
 """Complete models, PyTorch twins of `jaxml.models` (same parameter names after conversion)."""
 
 from torchref.models.cnn import CNNClassifier
-from torchref.models.generation import generate, predict_autoregressively
+from torchref.models.generation import (
+    generate,
+    generate_recompute,
+    predict_autoregressively,
+    predict_autoregressively_recompute,
+)
 from torchref.models.regression import LinearRegressor, MLPRegressor
 from torchref.models.transformer import (
     AutoregressiveTransformerModel,
@@ -17,5 +22,7 @@ __all__ = [
     "MLPRegressor",
     "TransformerModel",
     "generate",
+    "generate_recompute",
     "predict_autoregressively",
+    "predict_autoregressively_recompute",
 ]

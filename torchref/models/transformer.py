@@ -1,21 +1,61 @@
 """The classic post-norm transformer, PyTorch twin of `jaxml.models.transformer`.
 
 Same blocks, same attribute names (`encoder.input_proj`, `encoder.layers.0.self_attn`, `norm1`,
-`ffn`, `norm2`, decoder `cross_attn` / `norm3`, `head`), same `(prediction, aux)` outputs.
+`ffn`, `norm2`, decoder `cross_attn` / `norm3`, `head`), same `(prediction, aux)` outputs, and the
+same cached decoding methods (`decode_step`, `init_cache`, `EncoderDecoder.start_decoding`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
 
 from jaxml.configs import FFNConfig, TransformerConfig
+from torchref.layers import kv_cache
 from torchref.layers.attention import Attention
 from torchref.layers.ffn import make_ffn
+from torchref.layers.kv_cache import KVCache
 from torchref.layers.moe import MoE
 from torchref.layers.positions import sinusoidal_positions
 
 Aux = dict[str, torch.Tensor]
+LayerCaches = tuple[KVCache, ...]
+
+
+class DecoderCache(NamedTuple):
+    """Per decoder layer a self-attention `KVCache` and the cross-attention keys/values."""
+
+    self_attn: LayerCaches
+    cross_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    source_mask: torch.Tensor | None
+
+
+def init_cache(
+    config: TransformerConfig,
+    num_layers: int,
+    batch: int,
+    cache_len: int,
+    *,
+    window: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> LayerCaches:
+    """One empty self-attention `KVCache` per layer (`window=None`: expanding context)."""
+    attn = config.attention_config(causal=True)
+    return tuple(
+        kv_cache.init(
+            batch,
+            cache_len,
+            attn.num_kv_heads,
+            attn.head_dim,
+            window=window,
+            dtype=dtype,
+            device=device,
+        )
+        for _ in range(num_layers)
+    )
 
 
 def collect_aux(moe_aux: list[Aux], device: torch.device) -> Aux:
@@ -58,7 +98,18 @@ class EncoderBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[Aux]]:
-        x = self.norm1(x + self.self_attn(x, kv_mask=mask).out)
+        return self._feed_forward(self.norm1(x + self.self_attn(x, kv_mask=mask).out))
+
+    def decode(
+        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Cached self-attention on the new positions `x: [batch, n, embed_dim]`."""
+        attn = self.self_attn(x, positions=positions, cache=cache, mask=mask)
+        y, _ = self._feed_forward(self.norm1(x + attn.out))
+        assert attn.cache is not None
+        return y, attn.cache
+
+    def _feed_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Aux]]:
         y, aux = _apply_ffn_slot(self.ffn, x, self.config.ffn.use_moe)
         return self.norm2(x + y), aux
 
@@ -80,7 +131,34 @@ class DecoderBlock(nn.Module):
         self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[Aux]]:
         x = self.norm1(x + self.self_attn(x).out)
-        x = self.norm2(x + self.cross_attn(x, memory, kv_mask=memory_mask).out)
+        return self._cross_and_feed_forward(x, memory_mask, context=memory)
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache,
+        cross_kv: tuple[torch.Tensor, torch.Tensor],
+        memory_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Cached self-attention, then cross-attention to the precomputed `cross_kv`."""
+        attn = self.self_attn(x, positions=positions, cache=cache, mask=mask)
+        y, _ = self._cross_and_feed_forward(
+            self.norm1(x + attn.out), memory_mask, context_kv=cross_kv
+        )
+        assert attn.cache is not None
+        return y, attn.cache
+
+    def _cross_and_feed_forward(
+        self,
+        x: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        context: torch.Tensor | None = None,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[Aux]]:
+        cross = self.cross_attn(x, context, context_kv=context_kv, kv_mask=memory_mask)
+        x = self.norm2(x + cross.out)
         y, aux = _apply_ffn_slot(self.ffn, x, self.config.ffn.use_moe)
         return self.norm3(x + y), aux
 
@@ -113,6 +191,14 @@ class _Embedding(nn.Module):
             )
         return self.input_proj(x) + self.positions[: x.shape[1]].to(x.dtype)
 
+    def embed_at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """`embed` for the new positions of a decode step (`positions: [batch, n]`)."""
+        if x.ndim != 3 or x.shape[-1] != self.config.input_dim:
+            raise ValueError(
+                f"input must be [batch, n, input_dim={self.config.input_dim}], got {tuple(x.shape)}"
+            )
+        return self.input_proj(x) + self.positions[positions.long()].to(x.dtype)
+
 
 class Encoder(_Embedding):
     """`input_proj`, positions and `depth` encoder blocks (`layers.0`, ...)."""
@@ -131,6 +217,17 @@ class Encoder(_Embedding):
             aux += layer_aux
         return h, aux
 
+    def decode(
+        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, caches: LayerCaches
+    ) -> tuple[torch.Tensor, LayerCaches]:
+        """Causal stack on new positions only, each layer with its own cache."""
+        h = self.embed_at(x, positions)
+        new_caches = []
+        for layer, cache in zip(cast(list[EncoderBlock], self.layers), caches, strict=True):
+            h, cache = layer.decode(h, positions, mask, cache)
+            new_caches.append(cache)
+        return h, tuple(new_caches)
+
 
 class Decoder(_Embedding):
     """`input_proj`, its own positions and `decoder_depth` decoder blocks (`layers.0`, ...)."""
@@ -148,6 +245,18 @@ class Decoder(_Embedding):
             h, layer_aux = layer(h, memory, memory_mask)
             aux += layer_aux
         return h, aux
+
+    def decode(
+        self, target: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: DecoderCache
+    ) -> tuple[torch.Tensor, DecoderCache]:
+        """New target positions `[batch, n, input_dim]` -> `([batch, n, embed_dim], cache)`."""
+        h = self.embed_at(target, positions)
+        new_caches = []
+        layers = cast(list[DecoderBlock], self.layers)
+        for layer, self_cache, kv in zip(layers, cache.self_attn, cache.cross_kv, strict=True):
+            h, self_cache = layer.decode(h, positions, mask, self_cache, kv, cache.source_mask)
+            new_caches.append(self_cache)
+        return h, cache._replace(self_attn=tuple(new_caches))
 
 
 class TransformerModel(nn.Module):
@@ -178,8 +287,15 @@ class AutoregressiveTransformerModel(nn.Module):
         return self.head(h), collect_aux(aux, x.device)
 
     def generate_next_token(self, x: torch.Tensor) -> torch.Tensor:
-        """The prediction following `x`: `[batch, 1, output_dim]`."""
+        """The prediction following `x`: `[batch, 1, output_dim]` (a full forward pass)."""
         return self(x)[0][:, -1:]
+
+    def decode_step(
+        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: LayerCaches
+    ) -> tuple[torch.Tensor, LayerCaches]:
+        """Cached step on new positions `x: [batch, n, input_dim]` -> `([batch, n, output_dim], cache)`."""
+        h, cache = self.encoder.decode(x, positions, mask, cache)
+        return self.head(h), cache
 
 
 class EncoderDecoder(nn.Module):
@@ -205,6 +321,35 @@ class EncoderDecoder(nn.Module):
         """`-> (prediction [batch, tgt_len, output_dim], aux of the decoder's MoE layers)`."""
         h, aux = self.decoder(target, memory, source_mask)
         return self.head(h), collect_aux(aux, target.device)
+
+    def start_decoding(
+        self,
+        source: torch.Tensor,
+        source_mask: torch.Tensor | None,
+        cache_len: int,
+        window: int | None = None,
+    ) -> DecoderCache:
+        """Encode `source` once and compute every decoder layer's cross-attention keys/values."""
+        memory, _ = self.encoder(source, source_mask)
+        self_caches = init_cache(
+            self.config,
+            self.config.decoder_depth,
+            source.shape[0],
+            cache_len,
+            window=window,
+            dtype=memory.dtype,
+            device=memory.device,
+        )
+        layers = cast(list[DecoderBlock], self.decoder.layers)
+        cross_kv = tuple(layer.cross_attn.project_kv(memory) for layer in layers)
+        return DecoderCache(self_caches, cross_kv, source_mask)
+
+    def decode_step(
+        self, target: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: DecoderCache
+    ) -> tuple[torch.Tensor, DecoderCache]:
+        """Cached decoder step on new target positions -> `([batch, n, output_dim], cache)`."""
+        h, cache = self.decoder.decode(target, positions, mask, cache)
+        return self.head(h), cache
 
     def forward(
         self, source: torch.Tensor, target: torch.Tensor, source_mask: torch.Tensor | None = None

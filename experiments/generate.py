@@ -1,0 +1,358 @@
+"""`python -m experiments.generate`: sample text from a `train_sota` checkpoint.
+
+    python -m experiments.generate --ckpt DIR --prompt "The if statement"
+        [--max_new_tokens 100] [--temperature 0.8] [--top_k 40] [--top_p 0.95] [--min_p 0.05]
+        [--greedy] [--num_samples 1] [--seed 0] [--step N]
+        [--draft-ckpt DRAFT_DIR [--speculative-k 4]]
+
+`DIR` is a run directory or its `checkpoints/` folder. The checkpoint's model settings and the
+tokenizer saved beside it are restored; jax and torch checkpoints both work (torch weights are
+converted), and sampling always runs the jax decoding loop. With `--draft-ckpt`, a smaller LM
+trained on the same tokenizer drafts `--speculative-k` tokens per round for the target to verify
+(speculative decoding, docs/speculative.md): the same output distribution, fewer target calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.common import cli_main, exit_process
+from jaxml.configs.lm_training import LMTrainConfig
+from jaxml.data.text import EOS, DataError, TokenData, load_tokenizer
+
+PROG = "python -m experiments.generate"
+
+
+@dataclass
+class Restored:
+    """A trained LM: its config, params (jax arrays), tokenizer, step and training settings."""
+
+    config: Any
+    params: Any
+    tokenizer: Any
+    step: int
+    train: LMTrainConfig
+
+    def evaluate(self, data: TokenData, train: LMTrainConfig) -> dict[str, float]:
+        """Validation loss and perplexity on one device (`train`'s batch and eval sizes)."""
+        import jax
+
+        from jaxml.models.lm import LM
+        from jaxml.training.lm_loop import evaluate_lm
+        from jaxml.training.lm_step import make_lm_eval_step
+        from jaxml.training.losses import module_apply
+
+        step = jax.jit(make_lm_eval_step(module_apply(LM(self.config))))
+        batch = min(train.batch_size, len(data.val))
+        return evaluate_lm(
+            lambda rows: step(self.params, rows), data.val, batch, train.eval_batches
+        )
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """`path/checkpoints` when `path` is a run directory, else `path`."""
+    path = Path(path)
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def load_checkpoint(path: str | Path, step: int | None = None) -> Restored:
+    """Restore the newest (or `step`'s) checkpoint under `path` with its tokenizer."""
+    import jax
+
+    from jaxml.configs.lm import LMConfig
+    from jaxml.models.lm import LM
+    from jaxml.training.lm_loop import init_lm_state
+
+    directory = checkpoint_dir(path)
+    if not directory.is_dir():
+        raise DataError(f"{path}: no such checkpoint directory")
+    tokenizer = load_tokenizer(directory / "tokenizer.json")
+    torch_steps = sorted(int(p.parent.name) for p in directory.glob("*/state.pt"))
+    if torch_steps:
+        return _load_torch(directory, tokenizer, step or torch_steps[-1])
+    from jaxml.training.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(directory)
+    try:
+        meta = ckpt.read_meta(step)
+        config = LMConfig(**meta["run"]["lm_config"])
+        train = LMTrainConfig.from_dict(meta["train"])
+        template = on_one_device(jax.eval_shape(lambda: init_lm_state(LM(config), train)[0]))
+        state, meta = ckpt.restore(template, step)
+    finally:
+        ckpt.close()
+    return Restored(config, state.params, tokenizer, int(meta["step"]), train)
+
+
+def on_one_device(abstract: Any) -> Any:
+    """Shapes and dtypes placed on the first device: restores a checkpoint written from any
+    number of devices (a mesh, pmap) into this process."""
+    import jax
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+
+
+def _load_torch(directory: Path, tokenizer: Any, step: int) -> Restored:
+    import jax
+    import torch
+
+    from jaxml.configs.lm import LMConfig
+    from jaxml.models.lm import LM
+    from jaxml.training.lm_loop import init_lm_state
+    from torchref.convert import from_state_dict
+
+    folder = directory / str(step)
+    if not (folder / "state.pt").is_file():
+        raise DataError(f"{directory}: no checkpoint for step {step}")
+    meta = json.loads((folder / "meta.json").read_text())
+    config = LMConfig(**meta["run"]["lm_config"])
+    train = LMTrainConfig.from_dict(meta["train"])
+    template = jax.eval_shape(lambda: init_lm_state(LM(config), train)[0].params)
+    state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+    params = jax.tree.map(jax.numpy.asarray, from_state_dict(state["model"], template))
+    return Restored(config, params, tokenizer, step, train)
+
+
+def check_prompt(tokenizer: Any, prompt: str, max_new_tokens: int, max_seq_len: int) -> list[int]:
+    """The prompt's token ids; ValueError when it is empty or it and `max_new_tokens` exceed
+    the model's `max_seq_len`."""
+    ids = tokenizer.encode(prompt).ids
+    if not ids:
+        raise ValueError("--prompt must not be empty")
+    room = max_seq_len - len(ids)
+    if max_new_tokens > room:
+        raise ValueError(
+            f"--max_new_tokens {max_new_tokens} does not fit: the prompt has {len(ids)} tokens "
+            f"and the model's max_seq_len is {max_seq_len} (at most {room} new tokens)"
+        )
+    return list(ids)
+
+
+def sample(
+    restored: Restored,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    greedy: bool = False,
+    num_samples: int = 1,
+    seed: int = 0,
+) -> list[str]:
+    """`num_samples` continuations of `prompt` (prompt included), decoded to text; a row ends
+    at the end-of-text token."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxml.configs import SamplingConfig
+    from jaxml.models.lm import generate
+
+    ids = check_prompt(restored.tokenizer, prompt, max_new_tokens, restored.config.max_seq_len)
+    sampling = SamplingConfig(
+        temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p, min_p=min_p
+    )
+    generated = generate(
+        restored.params,
+        restored.config,
+        jnp.asarray([ids] * num_samples, jnp.int32),
+        max_new_tokens=max_new_tokens,
+        sampling_config=sampling,
+        key=jax.random.key(seed),
+        eos_id=restored.tokenizer.token_to_id(EOS),
+    )
+    tokens, counts = jax.device_get((generated.tokens, generated.num_generated))
+    return [
+        restored.tokenizer.decode(ids + [int(t) for t in row[:n]])
+        for row, n in zip(tokens, counts, strict=True)
+    ]
+
+
+def speculative_sample(
+    target: Restored,
+    draft: Restored,
+    prompt: str,
+    *,
+    draft_steps: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    greedy: bool = False,
+    num_samples: int = 1,
+    seed: int = 0,
+) -> tuple[list[str], str]:
+    """Like `sample` (a row ends at end-of-text), with `draft` proposing `draft_steps` tokens per
+    round; also returns a line of statistics."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments.bench_speculative import LMStep
+    from jaxml.configs import SamplingConfig, SpeculativeConfig
+    from jaxml.decoding.speculative import speculative_generate
+    from jaxml.models.lm import init_cache
+
+    ids = target.tokenizer.encode(prompt).ids
+    room = check_pair(target, draft, ids, max_new_tokens, draft_steps)
+    sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
+    tokens, num, stats = speculative_generate(
+        LMStep(target.config),
+        LMStep(draft.config),
+        target.params,
+        draft.params,
+        init_cache(target.config, num_samples, room),
+        init_cache(draft.config, num_samples, room),
+        jnp.asarray([ids] * num_samples, jnp.int32),
+        jnp.full((num_samples,), len(ids), jnp.int32),
+        jax.random.split(jax.random.key(seed), num_samples),
+        config=SpeculativeConfig(draft_steps=draft_steps, sampling=sampling),
+        max_new_tokens=max_new_tokens,
+        eos_id=target.tokenizer.token_to_id(EOS),
+    )
+    texts = [
+        target.tokenizer.decode(list(ids) + [int(t) for t in row[:n]])
+        for row, n in zip(np.asarray(tokens), np.asarray(num), strict=True)
+    ]
+    line = (
+        f"speculative k={draft_steps}: acceptance {float(np.mean(stats.acceptance_rate)):.2f}, "
+        f"{float(np.mean(stats.tokens_per_round)):.2f} tokens/round, "
+        f"{int(stats.target_calls)} target calls, {int(stats.draft_calls)} draft calls"
+    )
+    return texts, line
+
+
+def check_pair(
+    target: Restored, draft: Restored, ids: list[int], max_new_tokens: int, draft_steps: int
+) -> int:
+    """The draft must speak the target's vocabulary and both must hold the run; -> cache length."""
+    if not ids:
+        raise ValueError("--prompt must not be empty")
+    room = len(ids) + max_new_tokens + draft_steps - 1
+    for name, model in (("--ckpt", target), ("--draft-ckpt", draft)):
+        if room > model.config.max_seq_len:
+            raise ValueError(
+                f"--max_new_tokens {max_new_tokens} does not fit {name}: the prompt has {len(ids)} "
+                f"tokens, speculation needs --speculative-k - 1 = {draft_steps - 1} more, and "
+                f"max_seq_len is {model.config.max_seq_len}"
+            )
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(
+            f"--draft-ckpt vocab_size={draft.config.vocab_size} differs from --ckpt's "
+            f"{target.config.vocab_size}: the draft must share the target's tokenizer"
+        )
+    if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+        raise ValueError(
+            "--draft-ckpt has another tokenizer than --ckpt: train both on the same data"
+        )
+    return room
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="run or checkpoints directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", "--top-k", type=int, default=None)
+    p.add_argument("--top_p", "--top-p", type=float, default=None)
+    p.add_argument("--min_p", "--min-p", type=float, default=None)
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (ignores sampling)")
+    p.add_argument("--num_samples", "--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--draft-ckpt",
+        "--draft_ckpt",
+        metavar="DIR",
+        default=None,
+        help="a smaller LM on the same tokenizer: speculative decoding",
+    )
+    p.add_argument(
+        "--speculative-k",
+        "--speculative_k",
+        type=int,
+        default=None,
+        help="draft tokens per round with --draft-ckpt (default 4)",
+    )
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise ValueError("--max_new_tokens and --num_samples must be positive integers")
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top_k must be a positive integer, got {args.top_k}")
+    for name in ("top_p", "min_p"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(f"--{name} must be in (0, 1], got {value}")
+    if args.speculative_k is not None and args.draft_ckpt is None:
+        raise ValueError("--speculative-k needs --draft-ckpt (the draft model)")
+    if args.speculative_k is not None and args.speculative_k < 1:
+        raise ValueError(f"--speculative-k must be a positive integer, got {args.speculative_k}")
+
+
+Job = tuple[argparse.Namespace, Restored, Restored | None]
+
+
+def speculative_k(args: argparse.Namespace) -> int:
+    return 4 if args.speculative_k is None else args.speculative_k
+
+
+def prepare(argv: Sequence[str] | None) -> Job:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    restored = load_checkpoint(args.ckpt, args.step)
+    if args.draft_ckpt is None:
+        check_prompt(
+            restored.tokenizer, args.prompt, args.max_new_tokens, restored.config.max_seq_len
+        )
+        return args, restored, None
+    draft = load_checkpoint(args.draft_ckpt)
+    ids = restored.tokenizer.encode(args.prompt).ids
+    check_pair(restored, draft, ids, args.max_new_tokens, speculative_k(args))
+    return args, restored, draft
+
+
+def execute(job: Job) -> None:
+    args, restored, draft = job
+    settings = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        greedy=args.greedy,
+        num_samples=args.num_samples,
+        seed=args.seed,
+    )
+    if draft is None:
+        texts = sample(restored, args.prompt, **settings)
+    else:
+        k = speculative_k(args)
+        texts, line = speculative_sample(restored, draft, args.prompt, draft_steps=k, **settings)
+        print(line, file=sys.stderr)
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1}")
+        print(text)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    return cli_main(PROG, prepare, execute, argv)
+
+
+if __name__ == "__main__":
+    exit_process(run)

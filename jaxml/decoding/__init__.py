@@ -1,0 +1,1 @@
+"""Decoding: sampling rules from explicit noise (`sampling`) and the prefill + decode loop (`loop`)."""

@@ -1,0 +1,1 @@
+"""Decoding, PyTorch twin of `jaxml.decoding`: sampling from explicit noise and the decode loop."""
