@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 from jaxml.configs import (
     AttentionConfig,
     CNNConfig,
+    DecodeConfig,
     FFNConfig,
     LMConfig,
     LMTrainConfig,
     OptimizerConfig,
     RegressorConfig,
+    SamplingConfig,
     SpeculativeConfig,
     TrainConfig,
     TransformerConfig,
@@ -36,6 +38,8 @@ VALID: dict[type, dict[str, Any]] = {
     LMConfig: dict(vocab_size=32, embed_dim=16, num_layers=1, num_heads=4, use_moe=True),
     LMTrainConfig: dict(steps=10, batch_size=4, seq_len=8, optimizer=OptimizerConfig("adamw")),
     SpeculativeConfig: dict(draft_steps=3),
+    DecodeConfig: dict(expanding_context=False, window=8, max_seq_len=32),
+    SamplingConfig: dict(temperature=0.7, top_k=5, top_p=0.9),
 }
 
 ANY_VALUE = st.one_of(
