@@ -7,6 +7,7 @@ from torchref.models.generation import (
     predict_autoregressively,
     predict_autoregressively_recompute,
 )
+from torchref.models.lm import LM, SOTATransformer
 from torchref.models.regression import LinearRegressor, MLPRegressor
 from torchref.models.transformer import (
     AutoregressiveTransformerModel,
@@ -18,8 +19,10 @@ __all__ = [
     "AutoregressiveTransformerModel",
     "CNNClassifier",
     "EncoderDecoder",
+    "LM",
     "LinearRegressor",
     "MLPRegressor",
+    "SOTATransformer",
     "TransformerModel",
     "generate",
     "generate_recompute",
