@@ -144,6 +144,7 @@ def test_bad_checkpoints_and_no_overwrite(tmp_path: Path) -> None:
 def test_transformers_logits_match(config: LMConfig, tmp_path: Path) -> None:
     import torch
     import transformers  # a pinned dev dependency: the outside reference for the HF layout
+
     params = _params(config, seed=3)
     hf.save_hf(tmp_path / "m", config, params)
     cls = transformers.MixtralForCausalLM if config.use_moe else transformers.LlamaForCausalLM
