@@ -3,11 +3,13 @@
     python -m experiments.generate --ckpt DIR --prompt "The if statement"
         [--max_new_tokens 100] [--temperature 0.8] [--top_k 40] [--top_p 0.95] [--min_p 0.05]
         [--greedy] [--num_samples 1] [--seed 0] [--step N]
-        [--draft-ckpt DRAFT_DIR [--speculative-k 4]]
+        [--draft-ckpt DRAFT_DIR [--speculative-k 4]] [--backend jax|torch [--device cpu]]
 
 `DIR` is a run directory or its `checkpoints/` folder. The checkpoint's model settings and the
-tokenizer saved beside it are restored; jax and torch checkpoints both work (torch weights are
-converted), and sampling always runs the jax decoding loop. With `--draft-ckpt`, a smaller LM
+tokenizer saved beside it are restored; jax and torch checkpoints both work (weights are
+converted), and `--backend` picks the decoding loop that samples: jaxml's (default) or torchref's
+on `--device`. Greedy output is the same on both; a seed draws jax noise on one and torch noise on
+the other, so sampled rows differ between backends. With `--draft-ckpt`, a smaller LM
 trained on the same tokenizer drafts `--speculative-k` tokens per round for the target to verify
 (speculative decoding, docs/speculative.md): the same output distribution, fewer target calls.
 """
@@ -22,11 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.common import cli_main, exit_process
+import numpy as np
+
+from experiments.common import BACKENDS, check_device, cli_main, exit_process
 from jaxml.configs.lm_training import LMTrainConfig
 from jaxml.data.text import EOS, DataError, TokenData, load_tokenizer
 
 PROG = "python -m experiments.generate"
+Texts = list[str]
 
 
 @dataclass
@@ -157,9 +162,7 @@ def sample(
     from jaxml.models.lm import generate
 
     ids = check_prompt(restored.tokenizer, prompt, max_new_tokens, restored.config.max_seq_len)
-    sampling = SamplingConfig(
-        temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p, min_p=min_p
-    )
+    sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
     generated = generate(
         restored.params,
         restored.config,
@@ -170,10 +173,65 @@ def sample(
         eos_id=restored.tokenizer.token_to_id(EOS),
     )
     tokens, counts = jax.device_get((generated.tokens, generated.num_generated))
+    return decode_rows(restored.tokenizer, ids, tokens, counts)
+
+
+def decode_rows(tokenizer: Any, ids: list[int], tokens: Any, counts: Any) -> Texts:
+    """Each row's first `counts[r]` generated `tokens` after the prompt `ids`, as text."""
     return [
-        restored.tokenizer.decode(ids + [int(t) for t in row[:n]])
+        tokenizer.decode(list(ids) + [int(t) for t in row[: int(n)]])
         for row, n in zip(tokens, counts, strict=True)
     ]
+
+
+def torch_lm(restored: Restored, device: str) -> Any:
+    """The torchref LM holding `restored`'s weights on `device`, in eval mode."""
+    import jax
+
+    from torchref.convert import load_jaxml_params
+    from torchref.models.lm import LM
+
+    model = load_jaxml_params(LM(restored.config), jax.device_get(restored.params))
+    return model.to(device).eval()
+
+
+def sample_torch(
+    restored: Restored,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    greedy: bool = False,
+    num_samples: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Texts:
+    """`sample` with torchref's decoding loop on `device`; the noise is drawn by a torch
+    generator seeded with `seed`."""
+    import torch
+
+    from jaxml.configs import SamplingConfig
+    from torchref.decoding.sampling import exponential_noise
+    from torchref.models.lm import generate
+
+    ids = check_prompt(restored.tokenizer, prompt, max_new_tokens, restored.config.max_seq_len)
+    sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
+    shape = (max_new_tokens, num_samples, restored.config.vocab_size)
+    generated = generate(
+        torch_lm(restored, device),
+        torch.tensor([ids] * num_samples, dtype=torch.long, device=device),
+        torch.full((num_samples,), len(ids), dtype=torch.int32, device=device),
+        max_new_tokens=max_new_tokens,
+        sampling_config=sampling,
+        noise=None if greedy else exponential_noise(shape, torch.Generator().manual_seed(seed)),
+        eos_id=restored.tokenizer.token_to_id(EOS),
+    )
+    return decode_rows(
+        restored.tokenizer, ids, generated.tokens.cpu(), generated.num_generated.cpu()
+    )
 
 
 def speculative_sample(
@@ -195,7 +253,6 @@ def speculative_sample(
     round; also returns a line of statistics."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from experiments.bench_speculative import LMStep
     from jaxml.configs import SamplingConfig, SpeculativeConfig
@@ -219,31 +276,99 @@ def speculative_sample(
         max_new_tokens=max_new_tokens,
         eos_id=target.tokenizer.token_to_id(EOS),
     )
-    texts = [
-        target.tokenizer.decode(list(ids) + [int(t) for t in row[:n]])
-        for row, n in zip(np.asarray(tokens), np.asarray(num), strict=True)
-    ]
-    line = (
-        f"speculative k={draft_steps}: acceptance {float(np.mean(stats.acceptance_rate)):.2f}, "
-        f"{float(np.mean(stats.tokens_per_round)):.2f} tokens/round, "
+    texts = decode_rows(target.tokenizer, ids, np.asarray(tokens), np.asarray(num))
+    return texts, stats_line(draft_steps, stats)
+
+
+def stats_line(draft_steps: int, stats: Any) -> str:
+    """One line from either backend's `SpeculativeStats`."""
+    acceptance = float(np.mean(np.asarray(stats.acceptance_rate)))
+    per_round = float(np.mean(np.asarray(stats.tokens_per_round)))
+    return (
+        f"speculative k={draft_steps}: acceptance {acceptance:.2f}, {per_round:.2f} tokens/round, "
         f"{int(stats.target_calls)} target calls, {int(stats.draft_calls)} draft calls"
     )
-    return texts, line
+
+
+def speculative_sample_torch(
+    target: Restored,
+    draft: Restored,
+    prompt: str,
+    *,
+    draft_steps: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    greedy: bool = False,
+    num_samples: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[Texts, str]:
+    """`speculative_sample` with torchref's loop on `device`; row r's noise comes from
+    `seeded_noise` with the r-th seed a torch generator seeded with `seed` draws."""
+    import torch
+
+    from jaxml.configs import SamplingConfig, SpeculativeConfig
+    from torchref.decoding.speculative import RoundNoise, seeded_noise, speculative_generate
+    from torchref.models.lm import init_cache
+
+    ids = target.tokenizer.encode(prompt).ids
+    room = check_pair(target, draft, ids, max_new_tokens, draft_steps, torch_spare(num_samples))
+    sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
+    seeds = torch.randint(2**31, (num_samples,), generator=torch.Generator().manual_seed(seed))
+    row_noise = seeded_noise(seeds.tolist(), draft_steps, target.config.vocab_size)
+
+    def noise(round_index: int) -> RoundNoise:
+        return RoundNoise(*(part.to(device) for part in row_noise(round_index)))
+
+    def step_of(model: Any) -> Any:
+        return lambda cache, tokens, positions, mask: model.step(tokens, positions, cache, mask)
+
+    tokens, num, stats = speculative_generate(
+        step_of(torch_lm(target, device)),
+        step_of(torch_lm(draft, device)),
+        init_cache(target.config, num_samples, room, device=device),
+        init_cache(draft.config, num_samples, room, device=device),
+        torch.tensor([ids] * num_samples, dtype=torch.long, device=device),
+        torch.full((num_samples,), len(ids), dtype=torch.long, device=device),
+        noise,
+        config=SpeculativeConfig(draft_steps=draft_steps, sampling=sampling),
+        max_new_tokens=max_new_tokens,
+        eos_id=target.tokenizer.token_to_id(EOS),
+    )
+    texts = decode_rows(target.tokenizer, ids, tokens.cpu(), num.cpu())
+    return texts, stats_line(draft_steps, stats)
+
+
+def torch_spare(num_samples: int) -> int:
+    """Cache slots torchref's speculative loop needs beyond jaxml's: it still feeds a row that
+    finished at its budget k + 1 tokens each round while other rows go on (jaxml drops those
+    writes), one more than `speculative_generate`'s own cache check asks for."""
+    return 1 if num_samples > 1 else 0
 
 
 def check_pair(
-    target: Restored, draft: Restored, ids: list[int], max_new_tokens: int, draft_steps: int
+    target: Restored,
+    draft: Restored,
+    ids: list[int],
+    max_new_tokens: int,
+    draft_steps: int,
+    spare: int = 0,
 ) -> int:
-    """The draft must speak the target's vocabulary and both must hold the run; -> cache length."""
+    """The draft must speak the target's vocabulary and both must hold the run with `spare`
+    extra cache slots; -> cache length."""
     if not ids:
         raise ValueError("--prompt must not be empty")
-    room = len(ids) + max_new_tokens + draft_steps - 1
+    room = len(ids) + max_new_tokens + draft_steps - 1 + spare
+    extra = "" if not spare else f" (+{spare} for --backend torch with several samples)"
     for name, model in (("--ckpt", target), ("--draft-ckpt", draft)):
         if room > model.config.max_seq_len:
             raise ValueError(
                 f"--max_new_tokens {max_new_tokens} does not fit {name}: the prompt has {len(ids)} "
-                f"tokens, speculation needs --speculative-k - 1 = {draft_steps - 1} more, and "
-                f"max_seq_len is {model.config.max_seq_len}"
+                f"tokens, speculation needs --speculative-k - 1 = {draft_steps - 1} more{extra}, "
+                f"and max_seq_len is {model.config.max_seq_len}"
             )
     if draft.config.vocab_size != target.config.vocab_size:
         raise ValueError(
@@ -284,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="draft tokens per round with --draft-ckpt (default 4)",
     )
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="jax", help="decoding loop: jaxml's or torchref's"
+    )
+    p.add_argument(
+        "--device", default=None, help="--backend torch only: cpu (default), cuda[:N], mps"
+    )
     return p
 
 
@@ -302,6 +433,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--speculative-k needs --draft-ckpt (the draft model)")
     if args.speculative_k is not None and args.speculative_k < 1:
         raise ValueError(f"--speculative-k must be a positive integer, got {args.speculative_k}")
+    if args.device is not None and args.backend != "torch":
+        raise ValueError(
+            f"--device {args.device} needs --backend torch (jax samples on its default device)"
+        )
+    if args.backend == "torch":
+        check_device(args.device or "cpu")
 
 
 Job = tuple[argparse.Namespace, Restored, Restored | None]
@@ -322,7 +459,8 @@ def prepare(argv: Sequence[str] | None) -> Job:
         return args, restored, None
     draft = load_checkpoint(args.draft_ckpt)
     ids = restored.tokenizer.encode(args.prompt).ids
-    check_pair(restored, draft, ids, args.max_new_tokens, speculative_k(args))
+    spare = torch_spare(args.num_samples) if args.backend == "torch" else 0
+    check_pair(restored, draft, ids, args.max_new_tokens, speculative_k(args), spare)
     return args, restored, draft
 
 
@@ -338,11 +476,15 @@ def execute(job: Job) -> None:
         num_samples=args.num_samples,
         seed=args.seed,
     )
+    on_torch = args.backend == "torch"
+    if on_torch:
+        settings["device"] = args.device or "cpu"
     if draft is None:
-        texts = sample(restored, args.prompt, **settings)
+        texts = (sample_torch if on_torch else sample)(restored, args.prompt, **settings)
     else:
+        speculate = speculative_sample_torch if on_torch else speculative_sample
         k = speculative_k(args)
-        texts, line = speculative_sample(restored, draft, args.prompt, draft_steps=k, **settings)
+        texts, line = speculate(restored, draft, args.prompt, draft_steps=k, **settings)
         print(line, file=sys.stderr)
     for i, text in enumerate(texts):
         if len(texts) > 1:

@@ -1,5 +1,5 @@
 """`experiments.generate`: restores a train_sota checkpoint (jax or torch) with its tokenizer and
-samples through the decoding loop; bad input is one `prog: error:` line and exit 2."""
+samples through either backend's decoding loop; bad input is one `prog: error:` line and exit 2."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import io
 
 import pytest
+import torch
 
 from experiments import generate, train_sota
 
@@ -51,6 +52,22 @@ def test_samples_are_seeded_and_start_with_the_prompt(run_dir, capsys):
     )
 
 
+def test_torch_backend_greedy_matches_jax_and_its_samples_are_seeded(run_dir, capsys):
+    args = ["--ckpt", str(run_dir), "--prompt", "The if", "--max_new_tokens", "12"]
+    greedy = generated(capsys, *args, "--greedy", "--backend", "torch", "--device", "cpu")
+    assert greedy == generated(capsys, *args, "--greedy") and greedy.startswith("The if")
+    sampled = [*args, "--backend", "torch", "--num_samples", "2", "--top_k", "20", "--seed"]
+    first = generated(capsys, *sampled, "1")
+    rows = first.split("--- sample ")[1:]
+    assert len(rows) == 2 and rows[0].split("\n", 1)[1] != rows[1].split("\n", 1)[1]
+    assert all(r.split("\n", 1)[1].startswith("The if") for r in rows)
+    assert generated(capsys, *sampled, "1") == first
+    assert generated(capsys, *sampled, "2") != first
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="cuda is available here")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -59,6 +76,13 @@ def test_samples_are_seeded_and_start_with_the_prompt(run_dir, capsys):
         (["--temperature", "0"], "--temperature must be > 0"),
         (["--top_p", "1.5"], "--top_p must be in (0, 1]"),
         (["--step", "3"], "no checkpoint for step 3"),
+        (["--device", "cpu"], "--device cpu needs --backend torch"),
+        (["--backend", "torch", "--device", "tpu"], "'tpu' is not a torch device"),
+        pytest.param(
+            ["--backend", "torch", "--device", "cuda"],
+            "cuda is not available on this machine",
+            marks=NO_CUDA,
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(run_dir, argv, message, capsys):
@@ -70,3 +94,11 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, argv, message, capsys):
 def test_missing_checkpoint_directory(tmp_path, capsys):
     assert generate.run(["--ckpt", str(tmp_path / "none"), "--prompt", "x"]) == 2
     assert "no such checkpoint directory" in capsys.readouterr().err
+
+
+def test_unknown_backend_is_an_argparse_error(run_dir, capsys):
+    with pytest.raises(SystemExit) as exited:
+        generate.run(["--ckpt", str(run_dir), "--prompt", "The", "--backend", "tpu"])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"{generate.PROG}: error: argument --backend: invalid choice: 'tpu'")

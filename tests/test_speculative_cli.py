@@ -1,5 +1,6 @@
 """`python -m experiments.generate --draft-ckpt DRAFT --speculative-k K`: speculative sampling from
-a jax-trained target and a torch-trained draft (same tokenizer), and its one-line input errors."""
+a jax-trained target and a torch-trained draft (same tokenizer) on both backends, and its one-line
+input errors."""
 
 from __future__ import annotations
 
@@ -45,6 +46,24 @@ def test_speculative_sampling_from_a_jax_target_and_a_torch_draft(
     assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("The if") for s in samples)
     assert samples[0].split("\n", 1)[1] == samples[1].split("\n", 1)[1]  # greedy: identical rows
     assert "speculative k=3: acceptance " in err and "target calls" in err
+
+
+def test_torch_backend_speculation_matches_jax_greedy_and_is_seeded(
+    pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    target, draft = pair
+    argv = ["--ckpt", str(target), "--draft-ckpt", str(draft), "--speculative-k", "4"]
+    argv += ["--prompt", "The if", "--max_new_tokens", "12"]
+    assert generate.run([*argv, "--greedy"]) == 0
+    jax_greedy = capsys.readouterr()
+    assert generate.run([*argv, "--greedy", "--backend", "torch"]) == 0
+    assert capsys.readouterr() == jax_greedy  # the same tokens, acceptance and call counts
+    sampled = [*argv, "--backend", "torch", "--num_samples", "2", "--seed", "5"]
+    assert generate.run(sampled) == 0
+    first = capsys.readouterr()
+    assert first.out.startswith("--- sample 1\nThe if") and "speculative k=4: " in first.err
+    assert generate.run(sampled) == 0
+    assert capsys.readouterr() == first
 
 
 @pytest.mark.parametrize(
