@@ -82,3 +82,18 @@ def test_bad_speculative_flags_are_one_line_and_exit_2(
     assert generate.run(["--ckpt", str(target), "--prompt", "The", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("python -m experiments.generate: error: ") and message in err[-1]
+
+
+def test_torch_backend_batch_runs_to_the_last_cache_slot(
+    pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torchref keeps feeding a row done at its budget while others go on: one slot more."""
+    target, draft = pair
+    restored = generate.load_checkpoint(target)
+    prompt_len = len(restored.tokenizer.encode("The if").ids)
+    most = restored.config.max_seq_len - prompt_len - 2  # prompt + new + k = max_seq_len
+    argv = ["--ckpt", str(target), "--draft-ckpt", str(draft), "--speculative-k", "2"]
+    argv += ["--prompt", "The if", "--backend", "torch", "--num_samples", "3"]
+    assert generate.run([*argv, "--max_new_tokens", str(most)]) == 0
+    assert generate.run([*argv, "--max_new_tokens", str(most + 1)]) == 2
+    assert "(+1 for --backend torch with several samples)" in capsys.readouterr().err
