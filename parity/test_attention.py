@@ -42,6 +42,23 @@ def test_self_attention(variant: str, weights: bool, device: str) -> None:
     )
 
 
+@pytest.mark.parametrize("variant", ["gqa-causal-rope", "mqa"])
+def test_fused_kernel_with_padding(variant: str, device: str) -> None:
+    """kernel='fused' (jax.nn.dot_product_attention) against torch's SDPA, padded keys."""
+    cfg = AttentionConfig(EMBED, HEADS, kernel="fused", **VARIANTS[variant])
+    x = np.random.default_rng(6).standard_normal((BATCH, SEQ, EMBED)).astype(np.float32)
+    kv_mask = np.ones((BATCH, SEQ), bool)
+    kv_mask[1, 4:] = False
+    check_parity(
+        lambda p, x, m: Attention(cfg).apply({"params": p}, x, kv_mask=m).out,
+        _init(cfg, x),
+        TorchAttention(cfg),
+        lambda mod, x, m: mod(x, kv_mask=m).out,
+        [x, kv_mask],
+        device=device,
+    )
+
+
 @pytest.mark.parametrize("attention_type", ["mha", "gqa"])
 def test_cross_attention_with_padding(attention_type: str, device: str) -> None:
     cfg = AttentionConfig(EMBED, HEADS, attention_type=attention_type)
