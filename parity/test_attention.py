@@ -42,6 +42,38 @@ def test_self_attention(variant: str, weights: bool, device: str) -> None:
     )
 
 
+@pytest.mark.parametrize("variant", ["gqa-causal-rope", "mqa"])
+def test_fused_kernel_with_padding(variant: str, device: str) -> None:
+    """kernel='fused' (jax.nn.dot_product_attention) against torch's SDPA, padded keys."""
+    cfg = AttentionConfig(EMBED, HEADS, kernel="fused", **VARIANTS[variant])
+    x = np.random.default_rng(6).standard_normal((BATCH, SEQ, EMBED)).astype(np.float32)
+    kv_mask = np.ones((BATCH, SEQ), bool)
+    kv_mask[1, 4:] = False
+    check_parity(
+        lambda p, x, m: Attention(cfg).apply({"params": p}, x, kv_mask=m).out,
+        _init(cfg, x),
+        TorchAttention(cfg),
+        lambda mod, x, m: mod(x, kv_mask=m).out,
+        [x, kv_mask],
+        device=device,
+    )
+
+
+@pytest.mark.parametrize("kernel", ["fused", "cudnn"])
+def test_fused_kernels_refuse_alike(kernel: str) -> None:
+    """Both sides refuse weights (and cudnn on a CPU / in float32) with the same message."""
+    cfg = AttentionConfig(EMBED, HEADS, kernel=kernel)
+    x = np.random.default_rng(7).standard_normal((BATCH, SEQ, EMBED)).astype(np.float32)
+    params = _init(AttentionConfig(EMBED, HEADS), x)
+    with pytest.raises(ValueError) as jax_error:
+        Attention(cfg).apply({"params": params}, x, return_weights=True)
+    with pytest.raises(ValueError) as torch_error:
+        TorchAttention(cfg)(torch.from_numpy(x), return_weights=True)
+    jax_message, torch_message = str(jax_error.value), str(torch_error.value)
+    assert jax_message.startswith(f"AttentionConfig.kernel={kernel!r} cannot serve")
+    assert jax_message.split(" (")[0] == torch_message.split(" (")[0]
+
+
 @pytest.mark.parametrize("attention_type", ["mha", "gqa"])
 def test_cross_attention_with_padding(attention_type: str, device: str) -> None:
     cfg = AttentionConfig(EMBED, HEADS, attention_type=attention_type)

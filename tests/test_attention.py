@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxml.configs import AttentionConfig
+from jaxml.layers import kv_cache
 from jaxml.layers.attention import Attention, causal_mask
 
 EMBED, HEADS, SEQ = 32, 4, 7
@@ -143,3 +146,83 @@ def test_cross_attention_shapes() -> None:
 def test_bad_shapes_raise(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call(Attention(_cross_cfg), _cross_params)
+
+
+def _fused_vs_dense(cfg: AttentionConfig, x: np.ndarray, **call) -> tuple:
+    """Outputs and gradients (params and input) of `kernel='fused'` and `kernel='dense'`."""
+    params = Attention(cfg).init(jax.random.key(0), x)
+    results = []
+    for kernel in ("fused", "dense"):
+        layer = Attention(dataclasses.replace(cfg, kernel=kernel))
+
+        def loss(p: dict, x: jax.Array, layer: Attention = layer) -> jax.Array:
+            return jnp.sum(jnp.sin(layer.apply(p, x, **call).out))
+
+        out = layer.apply(params, x, **call).out
+        results.append((out, jax.grad(loss, argnums=(0, 1))(params, x)))
+    return results
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("attention_type", ["mha", "mqa", "gqa"])
+def test_fused_kernel_equals_dense(attention_type: str, causal: bool) -> None:
+    """`jax.nn.dot_product_attention` (XLA on CPU) gives the dense numbers, with padded keys."""
+    cfg = AttentionConfig(
+        EMBED, HEADS, attention_type=attention_type, apply_causal_mask=causal, use_rope=True
+    )
+    kv_mask = jnp.arange(SEQ)[None, :] < jnp.array([[SEQ], [4]])
+    for call in ({}, {"kv_mask": kv_mask}):
+        (fused, fused_grads), (dense, dense_grads) = _fused_vs_dense(cfg, X, **call)
+        np.testing.assert_allclose(fused, dense, atol=1e-5, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(dense_grads), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_kernel_float64_keeps_dtype_but_softmax_is_float32() -> None:
+    """jax's function takes its softmax in float32 even for float64 (dense stays float64)."""
+    with jax.enable_x64(True):
+        cfg = AttentionConfig(EMBED, HEADS, attention_type="gqa", apply_causal_mask=True)
+        x = X.astype(np.float64)
+        kv_mask = jnp.arange(SEQ)[None, :] < jnp.array([[SEQ], [5]])
+        (fused, fused_grads), (dense, dense_grads) = _fused_vs_dense(cfg, x, kv_mask=kv_mask)
+        assert fused.dtype == jnp.float64
+        np.testing.assert_allclose(fused, dense, atol=1e-6, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(dense_grads), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_kernel_serves_the_decode_cache() -> None:
+    """Prefill + one decode step through the cache: the general mask path equals dense."""
+    cfg = AttentionConfig(EMBED, HEADS, attention_type="gqa", apply_causal_mask=True, use_rope=True)
+    params = Attention(cfg).init(jax.random.key(0), X)
+    outs = []
+    for kernel in ("fused", "dense"):
+        layer = Attention(dataclasses.replace(cfg, kernel=kernel))
+        cache = kv_cache.init(2, 16, cfg.num_kv_heads, cfg.head_dim)
+        steps = []
+        for chunk in (X[:, :5], X[:, 5:6]):
+            n = chunk.shape[1]
+            positions, mask = kv_cache.next_positions(cache, n), kv_cache.attention_mask(cache, n)
+            out, cache, _ = layer.apply(params, chunk, cache=cache, positions=positions, mask=mask)
+            steps.append(out)
+        outs.append(np.concatenate(steps, axis=1))
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel,dtype,match",
+    [
+        ("fused", jnp.float32, "kernel='fused' cannot serve a call with return_weights"),
+        ("cudnn", jnp.float32, "kernel='cudnn' cannot serve .*dtype float32"),
+        ("cudnn", jnp.bfloat16, "kernel='cudnn' cannot serve .*no CUDA GPU"),
+    ],
+)
+def test_fused_kernel_refuses_what_it_cannot_serve(kernel: str, dtype: type, match: str) -> None:
+    cfg = AttentionConfig(EMBED, HEADS, kernel=kernel)
+    x = jnp.asarray(X, dtype)
+    params = Attention(dataclasses.replace(cfg, kernel="dense")).init(jax.random.key(0), x)
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    if jax.default_backend() == "gpu" and kernel == "cudnn" and dtype == jnp.bfloat16:
+        pytest.skip("a CUDA GPU serves cudnn")
+    with pytest.raises(ValueError, match=match):
+        Attention(cfg).apply(params, x, return_weights=kernel == "fused")

@@ -13,7 +13,7 @@ from jaxml.configs._validate import (
 )
 
 ATTENTION_TYPES = ("mha", "mqa", "gqa")
-ATTENTION_KERNELS = ("auto", "dense", "blockwise")
+ATTENTION_KERNELS = ("auto", "dense", "blockwise", "fused", "cudnn")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "tanh", "silu")
 FFN_KINDS = ("mlp", "swiglu")
 MAX_LOSS_COEF = 1e6  # larger aux-loss weights overflow float32 losses at init
@@ -27,8 +27,12 @@ class AttentionConfig(Config):
     gqa ⇒ the given value (default `num_heads // 2`), which must divide `num_heads`.
     `kernel` names the implementation: `dense` (explicit masked softmax; serves every call),
     `blockwise` (`flash_attention.causal_attention`: causal self-attention without cache, mask,
-    padding or weights, over whole blocks; any other call is an error) or `auto` (blockwise
-    exactly where it applies, dense elsewhere; the same numbers either way).
+    padding or weights, over whole blocks; any other call is an error), `auto` (blockwise
+    exactly where it applies, dense elsewhere; the same numbers either way), `fused`
+    (`jax.nn.dot_product_attention` with jax's default implementation, XLA in jax 0.10.2;
+    every call but `return_weights`; its softmax is float32 even for float64 inputs) or
+    `cudnn` (the same function forced onto cuDNN flash attention: needs a CUDA GPU and
+    float16/bfloat16 inputs; anything else is an error, never a fallback).
     """
 
     embed_dim: int

@@ -36,7 +36,8 @@ class LMConfig(Config):
     `dtype` is the compute dtype: `bfloat16` runs matmuls in bfloat16 while params, norms,
     softmax, the router and the logits stay float32. `max_seq_len` bounds positions (and the
     decode cache). `attention_kernel` is the attention layer's `kernel` (`auto`: the blockwise
-    causal kernel for training, the dense one with a cache).
+    causal kernel for training, the dense one with a cache; `cudnn`: cuDNN flash attention on a
+    CUDA GPU, needs `dtype="bfloat16"`; see `AttentionConfig`).
     """
 
     vocab_size: int

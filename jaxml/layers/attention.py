@@ -9,7 +9,7 @@ Query head `h` uses key/value head `h // heads_per_group` (the Llama/Hugging Fac
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -58,6 +58,29 @@ def dot_product_attention(
     return out.reshape(q.shape), weights.reshape(batch, num_heads, q_len, k.shape[1])
 
 
+Implementation = Literal["xla", "cudnn"] | None
+FUSED_IMPLEMENTATIONS: dict[str, Implementation] = {"fused": None, "cudnn": "cudnn"}  # jax's names
+
+
+def fused_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    allowed: Array | None,
+    causal: bool,
+    implementation: Implementation,
+) -> Array:
+    """`jax.nn.dot_product_attention`: shapes as `dot_product_attention`, output only.
+
+    `allowed` (bool, broadcastable to `[batch, q_len, kv_len]`) and `causal` combine;
+    `implementation` is jax's: None lets jax choose (XLA in jax 0.10.2), "cudnn" forces cuDNN.
+    """
+    mask = None if allowed is None else allowed[:, None]  # [batch | 1, 1, q_len, kv_len]
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal, implementation=implementation
+    )
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads.
 
@@ -73,8 +96,8 @@ class Attention(nn.Module):
     - `mask: [batch, q_len, kv_len]` bool without a cache: replaces the causal mask;
     - `positions` without a cache: rotary positions (default `0 .. q_len-1` for every row);
     - `return_weights`: also return the attention weights.
-    The kernel is `config.kernel` (see `AttentionConfig`); asking `blockwise` for a call it cannot
-    serve is an error. A row whose cache write did not fit returns NaN (see `kv_cache`).
+    The kernel is `config.kernel` (see `AttentionConfig`); asking `blockwise`, `fused` or `cudnn`
+    for a call it cannot serve is an error. A row whose cache write did not fit returns NaN (see `kv_cache`).
     """
 
     config: AttentionConfig
@@ -126,10 +149,16 @@ class Attention(nn.Module):
             cache = kv_cache.append(cache, k, v)
             k, v = cache.k, cache.v
         allowed = self._allowed(batch, q_len, k.shape[1], cross, kv_mask, mask)
-        kernel = self._kernel(q_len, k.shape[1], cross, cache, mask, kv_mask, return_weights)
+        kernel = self._kernel(q, k.shape[1], cross, cache, mask, kv_mask, return_weights)
         if kernel == "blockwise":
             block_size = flash_attention.pick_block_size(q_len, k.shape[1])
             attended, weights = flash_attention.causal_attention(q, k, v, block_size), None
+        elif kernel in FUSED_IMPLEMENTATIONS:
+            causal = mask is None and cfg.apply_causal_mask and not cross
+            if causal:  # the kernel masks (and on cuDNN skips) the future itself
+                allowed = None if kv_mask is None else kv_mask.astype(bool)[:, None, :]
+            attended = fused_attention(q, k, v, allowed, causal, FUSED_IMPLEMENTATIONS[kernel])
+            weights = None
         else:
             attended, weights = dot_product_attention(q, k, v, allowed)
         out = self.o_proj(attended.reshape(batch, q_len, cfg.num_heads * cfg.head_dim))
@@ -222,7 +251,7 @@ class Attention(nn.Module):
 
     def _kernel(
         self,
-        q_len: int,
+        q: Array,
         kv_len: int,
         cross: bool,
         cache: KVCache | None,
@@ -230,10 +259,14 @@ class Attention(nn.Module):
         kv_mask: Array | None,
         return_weights: bool,
     ) -> str:
-        """`dense` or `blockwise`, as `config.kernel` asks; an impossible `blockwise` raises."""
+        """The kernel `config.kernel` asks for (`auto` resolved); a call it cannot serve raises."""
         kernel = self.config.kernel
         if kernel == "dense":
             return kernel
+        if kernel in FUSED_IMPLEMENTATIONS:
+            _check_fused(kernel, q.dtype, return_weights)
+            return kernel
+        q_len = q.shape[1]
         obstacles = {
             "a non-causal config": not self.config.apply_causal_mask,
             "cross-attention": cross,
@@ -252,3 +285,18 @@ class Attention(nn.Module):
                 "use kernel='dense' or 'auto'"
             )
         return "dense" if blocked else "blockwise"
+
+
+def _check_fused(kernel: str, dtype: jnp.dtype, return_weights: bool) -> None:
+    """`fused` cannot return weights; `cudnn` also needs a CUDA GPU and float16/bfloat16."""
+    blocked = ["return_weights"] if return_weights else []
+    if kernel == "cudnn":
+        if jax.default_backend() != "gpu":
+            blocked.append(f"no CUDA GPU (default backend {jax.default_backend()!r})")
+        if dtype not in (jnp.float16, jnp.bfloat16):
+            blocked.append(f"dtype {jnp.dtype(dtype).name} (cuDNN takes float16 or bfloat16)")
+    if blocked:
+        raise ValueError(
+            f"AttentionConfig.kernel={kernel!r} cannot serve a call with {', '.join(blocked)}: "
+            "use kernel='dense' or 'auto'"
+        )

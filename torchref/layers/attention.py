@@ -78,8 +78,8 @@ def fused_attention(
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads; same call as the jaxml module.
 
-    `config.kernel` is validated like jaxml's (a `blockwise` request the jaxml kernel could not
-    serve is an error); the computation is `F.scaled_dot_product_attention` either way, or the
+    `config.kernel` is validated like jaxml's (a `blockwise`, `fused` or `cudnn` request the jaxml
+    kernel could not serve is an error); the computation is `F.scaled_dot_product_attention` either way, or the
     explicit path when weights are asked for. A cache write that does not fit raises.
     """
 
@@ -141,6 +141,7 @@ class Attention(nn.Module):
         if cache is not None:
             cache = kv_cache.append(cache, k, v)
             k, v = cache.k, cache.v
+        _check_fused(cfg.kernel, q, return_weights)
         self._check_kernel(q_len, k.shape[1], cross, cache, mask, kv_mask, return_weights)
         allowed = self._allowed(batch, q_len, k.shape[1], cross, kv_mask, mask, x.device)
         weights = None
@@ -244,3 +245,22 @@ class Attention(nn.Module):
                 f"AttentionConfig.kernel='blockwise' cannot serve a call with {', '.join(blocked)}: "
                 "use kernel='dense' or 'auto'"
             )
+
+
+def _check_fused(kernel: str, q: torch.Tensor, return_weights: bool) -> None:
+    """jaxml's `fused` cannot return weights; `cudnn` also needs CUDA and float16/bfloat16."""
+    if kernel not in ("fused", "cudnn"):
+        return
+    blocked = ["return_weights"] if return_weights else []
+    if kernel == "cudnn":
+        if q.device.type != "cuda":
+            blocked.append(f"no CUDA GPU (device {q.device.type!r})")
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            blocked.append(
+                f"dtype {str(q.dtype).removeprefix('torch.')} (cuDNN takes float16 or bfloat16)"
+            )
+    if blocked:
+        raise ValueError(
+            f"AttentionConfig.kernel={kernel!r} cannot serve a call with {', '.join(blocked)}: "
+            "use kernel='dense' or 'auto'"
+        )
