@@ -315,7 +315,7 @@ def speculative_sample_torch(
     from torchref.models.lm import init_cache
 
     ids = target.tokenizer.encode(prompt).ids
-    room = check_pair(target, draft, ids, max_new_tokens, draft_steps, torch_spare(num_samples))
+    room = check_pair(target, draft, ids, max_new_tokens, draft_steps)
     sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
     seeds = torch.randint(2**31, (num_samples,), generator=torch.Generator().manual_seed(seed))
     row_noise = seeded_noise(seeds.tolist(), draft_steps, target.config.vocab_size)
@@ -342,32 +342,22 @@ def speculative_sample_torch(
     return texts, stats_line(draft_steps, stats)
 
 
-def torch_spare(num_samples: int) -> int:
-    """Cache slots torchref's speculative loop needs beyond jaxml's: it still feeds a row that
-    finished at its budget k + 1 tokens each round while other rows go on (jaxml drops those
-    writes), one more than `speculative_generate`'s own cache check asks for."""
-    return 1 if num_samples > 1 else 0
-
-
 def check_pair(
     target: Restored,
     draft: Restored,
     ids: list[int],
     max_new_tokens: int,
     draft_steps: int,
-    spare: int = 0,
 ) -> int:
-    """The draft must speak the target's vocabulary and both must hold the run with `spare`
-    extra cache slots; -> cache length."""
+    """The draft must speak the target's vocabulary and both must hold the run; -> cache length."""
     if not ids:
         raise ValueError("--prompt must not be empty")
-    room = len(ids) + max_new_tokens + draft_steps - 1 + spare
-    extra = "" if not spare else f" (+{spare} for --backend torch with several samples)"
+    room = len(ids) + max_new_tokens + draft_steps
     for name, model in (("--ckpt", target), ("--draft-ckpt", draft)):
         if room > model.config.max_seq_len:
             raise ValueError(
                 f"--max_new_tokens {max_new_tokens} does not fit {name}: the prompt has {len(ids)} "
-                f"tokens, speculation needs --speculative-k - 1 = {draft_steps - 1} more{extra}, "
+                f"tokens, speculation needs --speculative-k = {draft_steps} more, "
                 f"and max_seq_len is {model.config.max_seq_len}"
             )
     if draft.config.vocab_size != target.config.vocab_size:
@@ -459,8 +449,7 @@ def prepare(argv: Sequence[str] | None) -> Job:
         return args, restored, None
     draft = load_checkpoint(args.draft_ckpt)
     ids = restored.tokenizer.encode(args.prompt).ids
-    spare = torch_spare(args.num_samples) if args.backend == "torch" else 0
-    check_pair(restored, draft, ids, args.max_new_tokens, speculative_k(args), spare)
+    check_pair(restored, draft, ids, args.max_new_tokens, speculative_k(args))
     return args, restored, draft
 
 

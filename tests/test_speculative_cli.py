@@ -87,7 +87,7 @@ def test_bad_speculative_flags_are_one_line_and_exit_2(
 def test_torch_backend_batch_runs_to_the_last_cache_slot(
     pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """torchref keeps feeding a row done at its budget while others go on: one slot more."""
+    """A row done at its budget is still fed k + 1 tokens while others go on: prompt + new + k."""
     target, draft = pair
     restored = generate.load_checkpoint(target)
     prompt_len = len(restored.tokenizer.encode("The if").ids)
@@ -96,4 +96,4 @@ def test_torch_backend_batch_runs_to_the_last_cache_slot(
     argv += ["--prompt", "The if", "--backend", "torch", "--num_samples", "3"]
     assert generate.run([*argv, "--max_new_tokens", str(most)]) == 0
     assert generate.run([*argv, "--max_new_tokens", str(most + 1)]) == 2
-    assert "(+1 for --backend torch with several samples)" in capsys.readouterr().err
+    assert "speculation needs --speculative-k = 2 more" in capsys.readouterr().err

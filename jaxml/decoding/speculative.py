@@ -299,7 +299,8 @@ def speculative_generate(
 
     prompt: int32 [batch, t], right-padded; prompt_lengths: int32 [batch] in 1..t; keys: one
     PRNG key per row `[batch]` (a row's tokens depend only on its own key). Both caches start
-    empty with room for `t + max_new_tokens + k - 1` tokens per row (`k = config.draft_steps`).
+    empty with room for `t + max_new_tokens + k` tokens per row (`k = config.draft_steps`; a row
+    that finished keeps being fed `k + 1` tokens while others go on).
     `config.sampling` (temperature, top-k, top-p, min-p; greedy at temperature 0) turns both
     models' logits into P and Q alike. A row stops after `eos_id` or `max_new_tokens` tokens. Returns tokens int32 [batch, max_new_tokens] (0 past a row's
     end), num_tokens int32 [batch] and the statistics.
@@ -319,14 +320,14 @@ def speculative_generate(
             raise ValueError(
                 f"prompt_lengths must be in 1..{width} (the prompt width), got {lengths}"
             )
-    needed = width + max_new_tokens + draft_steps - 1
+    needed = width + max_new_tokens + draft_steps
     for name, cache in (("target", target_cache), ("draft", draft_cache)):
         layer = layer_caches(cache)[0]
         if layer.window is None and layer.cache_len < needed:
             raise ValueError(
                 f"the {name} cache holds {layer.cache_len} tokens per row; this run needs "
                 f"prompt width {width} + max_new_tokens {max_new_tokens} + draft_steps "
-                f"{draft_steps} - 1 = {needed}"
+                f"{draft_steps} = {needed}"
             )
         if layer.window is not None and layer.cache_len - layer.window < draft_steps + 1:
             raise ValueError(

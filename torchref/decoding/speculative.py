@@ -213,7 +213,7 @@ def speculative_generate(
     prompt, prompt_lengths = prompt.long(), prompt_lengths.long()
     (k, sampling), (batch, width) = (config.draft_steps, config.sampling), prompt.shape
     caches = (target_cache, draft_cache)
-    _check_run(prompt, prompt_lengths, caches, width + max_new_tokens + k - 1, k + 1)
+    _check_run(prompt, prompt_lengths, caches, width + max_new_tokens + k, k + 1)
     target_logits, target_cache = run_step(target_step, target_cache, prompt)
     draft_logits, draft_cache = run_step(draft_step, draft_cache, prompt)
     if target_logits.shape[-1] != draft_logits.shape[-1]:
