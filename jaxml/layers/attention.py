@@ -19,6 +19,7 @@ from jax import Array
 
 from jaxml.configs import AttentionConfig
 from jaxml.layers import flash_attention, kv_cache
+from jaxml.layers.dense import Dense
 from jaxml.layers.kv_cache import KVCache
 from jaxml.layers.positions import apply_rope
 
@@ -104,7 +105,7 @@ class Attention(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        dense = partial(nn.Dense, use_bias=cfg.use_bias)
+        dense = partial(Dense, use_bias=cfg.use_bias)
         self.q_proj = dense(cfg.num_heads * cfg.head_dim)
         self.k_proj = dense(cfg.num_kv_heads * cfg.head_dim)
         self.v_proj = dense(cfg.num_kv_heads * cfg.head_dim)

@@ -9,6 +9,7 @@ import jax
 from jax import Array
 
 from jaxml.configs import FFNConfig
+from jaxml.layers.dense import Dense
 
 ACTIVATION_FNS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
@@ -27,8 +28,8 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        h = nn.Dense(cfg.ffn_latent_dim, use_bias=cfg.use_bias, name="w1")(x)
-        return nn.Dense(cfg.embed_dim, use_bias=cfg.use_bias, name="w2")(
+        h = Dense(cfg.ffn_latent_dim, use_bias=cfg.use_bias, name="w1")(x)
+        return Dense(cfg.embed_dim, use_bias=cfg.use_bias, name="w2")(
             ACTIVATION_FNS[cfg.activation](h)
         )
 
@@ -41,9 +42,9 @@ class SwiGLU(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        gate = nn.Dense(cfg.ffn_latent_dim, use_bias=cfg.use_bias, name="w1")(x)
-        up = nn.Dense(cfg.ffn_latent_dim, use_bias=cfg.use_bias, name="w3")(x)
-        return nn.Dense(cfg.embed_dim, use_bias=cfg.use_bias, name="w2")(jax.nn.silu(gate) * up)
+        gate = Dense(cfg.ffn_latent_dim, use_bias=cfg.use_bias, name="w1")(x)
+        up = Dense(cfg.ffn_latent_dim, use_bias=cfg.use_bias, name="w3")(x)
+        return Dense(cfg.embed_dim, use_bias=cfg.use_bias, name="w2")(jax.nn.silu(gate) * up)
 
 
 def make_ffn(config: FFNConfig, name: str | None = None) -> nn.Module:

@@ -35,6 +35,7 @@ from jaxml.configs.lm import LMConfig
 from jaxml.decoding import loop, sampling
 from jaxml.layers import kv_cache
 from jaxml.layers.attention import Attention
+from jaxml.layers.dense import Dense
 from jaxml.layers.ffn import SwiGLU
 from jaxml.layers.kv_cache import KVCache
 from jaxml.layers.moe import MoE
@@ -111,7 +112,7 @@ class LM(nn.Module):
         self.layers = [block(cfg) for _ in range(cfg.num_layers)]
         self.norm = RMSNorm(cfg.norm_eps)
         if not cfg.tie_embeddings:
-            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False)
+            self.lm_head = Dense(cfg.vocab_size, use_bias=False)
 
     def _check(self, ids: Array) -> None:
         if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
