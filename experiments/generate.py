@@ -1,16 +1,19 @@
-"""`python -m experiments.generate`: sample text from a `train_sota` checkpoint.
+"""`python -m experiments.generate`: sample text from a `train_sota` checkpoint or a Hugging Face
+Llama / Mixtral directory.
 
     python -m experiments.generate --ckpt DIR --prompt "The if statement"
         [--max_new_tokens 100] [--temperature 0.8] [--top_k 40] [--top_p 0.95] [--min_p 0.05]
         [--greedy] [--num_samples 1] [--seed 0] [--step N]
         [--draft-ckpt DRAFT_DIR [--speculative-k 4]] [--backend jax|torch [--device cpu]]
 
-`DIR` is a run directory or its `checkpoints/` folder. The checkpoint's model settings and the
+`DIR` is a run directory or its `checkpoints/` folder: the checkpoint's model settings and the
 tokenizer saved beside it are restored; jax and torch checkpoints both work (weights are
-converted), and `--backend` picks the decoding loop that samples: jaxml's (default) or torchref's
-on `--device`. Greedy output is the same on both; a seed draws jax noise on one and torch noise on
-the other, so sampled rows differ between backends. With `--draft-ckpt`, a smaller LM
-trained on the same tokenizer drafts `--speculative-k` tokens per round for the target to verify
+converted). `DIR` may also be a Hugging Face directory (`config.json`, `model.safetensors` or
+shards, `tokenizer.json`): it is read by `jaxml.interop.hf`, and generation stops at
+`config.json`'s `eos_token_id`. `--backend` picks the decoding loop that samples: jaxml's
+(default) or torchref's on `--device`. Greedy output is the same on both; a seed draws jax noise
+on one and torch noise on the other, so sampled rows differ between backends. With
+`--draft-ckpt`, a smaller LM trained on the same tokenizer drafts `--speculative-k` tokens per round for the target to verify
 (speculative decoding, docs/speculative.md): the same output distribution, fewer target calls.
 """
 
@@ -36,13 +39,15 @@ Texts = list[str]
 
 @dataclass
 class Restored:
-    """A trained LM: its config, params (jax arrays), tokenizer, step and training settings."""
+    """A trained LM: its config, params (jax arrays), tokenizer, the id that ends a row (None:
+    none does), step and training settings (None for a Hugging Face directory)."""
 
     config: Any
     params: Any
     tokenizer: Any
+    eos_id: int | None
     step: int
-    train: LMTrainConfig
+    train: LMTrainConfig | None
 
     def evaluate(self, data: TokenData, train: LMTrainConfig) -> dict[str, float]:
         """Validation loss and perplexity on one device (`train`'s batch and eval sizes)."""
@@ -77,6 +82,8 @@ def load_checkpoint(path: str | Path, step: int | None = None) -> Restored:
     directory = checkpoint_dir(path)
     if not directory.is_dir():
         raise DataError(f"{path}: no such checkpoint directory")
+    if is_hf_directory(directory):
+        return _load_hf(directory, step)
     tokenizer = load_tokenizer(directory / "tokenizer.json")
     torch_steps = sorted(int(p.parent.name) for p in directory.glob("*/state.pt"))
     if torch_steps:
@@ -92,7 +99,38 @@ def load_checkpoint(path: str | Path, step: int | None = None) -> Restored:
         state, meta = ckpt.restore(template, step)
     finally:
         ckpt.close()
-    return Restored(config, state.params, tokenizer, int(meta["step"]), train)
+    eos_id = tokenizer.token_to_id(EOS)
+    return Restored(config, state.params, tokenizer, eos_id, int(meta["step"]), train)
+
+
+def is_hf_directory(directory: Path) -> bool:
+    from jaxml.interop.hf import CONFIG_FILE, INDEX_FILE, SINGLE_FILE
+
+    weights = (directory / SINGLE_FILE).is_file() or (directory / INDEX_FILE).is_file()
+    return (directory / CONFIG_FILE).is_file() and weights
+
+
+def _load_hf(directory: Path, step: int | None) -> Restored:
+    """A Hugging Face Llama/Mixtral directory with its `tokenizer.json`; `eos_id` from
+    `config.json` (the first of a list)."""
+    import jax
+
+    from jaxml.interop.hf import CONFIG_FILE, load_hf
+
+    if step is not None:
+        raise ValueError(f"--step {step}: {directory} is a Hugging Face directory, it has no steps")
+    tokenizer = load_tokenizer(directory / "tokenizer.json")
+    config, params = load_hf(directory)
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise DataError(
+            f"{directory}: tokenizer.json has {tokenizer.get_vocab_size()} tokens, more than "
+            f"config.json's vocab_size={config.vocab_size}"
+        )
+    eos = json.loads((directory / CONFIG_FILE).read_text()).get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    if eos is not None and not (isinstance(eos, int) and 0 <= eos < config.vocab_size):
+        raise DataError(f"{directory}: config.json eos_token_id={eos!r} is not a token id")
+    return Restored(config, jax.tree.map(jax.numpy.asarray, params), tokenizer, eos, 0, None)
 
 
 def on_one_device(abstract: Any) -> Any:
@@ -122,7 +160,7 @@ def _load_torch(directory: Path, tokenizer: Any, step: int) -> Restored:
     template = jax.eval_shape(lambda: init_lm_state(LM(config), train)[0].params)
     state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
     params = jax.tree.map(jax.numpy.asarray, from_state_dict(state["model"], template))
-    return Restored(config, params, tokenizer, step, train)
+    return Restored(config, params, tokenizer, tokenizer.token_to_id(EOS), step, train)
 
 
 def check_prompt(tokenizer: Any, prompt: str, max_new_tokens: int, max_seq_len: int) -> list[int]:
@@ -170,7 +208,7 @@ def sample(
         max_new_tokens=max_new_tokens,
         sampling_config=sampling,
         key=jax.random.key(seed),
-        eos_id=restored.tokenizer.token_to_id(EOS),
+        eos_id=restored.eos_id,
     )
     tokens, counts = jax.device_get((generated.tokens, generated.num_generated))
     return decode_rows(restored.tokenizer, ids, tokens, counts)
@@ -227,7 +265,7 @@ def sample_torch(
         max_new_tokens=max_new_tokens,
         sampling_config=sampling,
         noise=None if greedy else exponential_noise(shape, torch.Generator().manual_seed(seed)),
-        eos_id=restored.tokenizer.token_to_id(EOS),
+        eos_id=restored.eos_id,
     )
     return decode_rows(
         restored.tokenizer, ids, generated.tokens.cpu(), generated.num_generated.cpu()
@@ -274,7 +312,7 @@ def speculative_sample(
         jax.random.split(jax.random.key(seed), num_samples),
         config=SpeculativeConfig(draft_steps=draft_steps, sampling=sampling),
         max_new_tokens=max_new_tokens,
-        eos_id=target.tokenizer.token_to_id(EOS),
+        eos_id=target.eos_id,
     )
     texts = decode_rows(target.tokenizer, ids, np.asarray(tokens), np.asarray(num))
     return texts, stats_line(draft_steps, stats)
@@ -336,7 +374,7 @@ def speculative_sample_torch(
         noise,
         config=SpeculativeConfig(draft_steps=draft_steps, sampling=sampling),
         max_new_tokens=max_new_tokens,
-        eos_id=target.tokenizer.token_to_id(EOS),
+        eos_id=target.eos_id,
     )
     texts = decode_rows(target.tokenizer, ids, tokens.cpu(), num.cpu())
     return texts, stats_line(draft_steps, stats)
