@@ -1,4 +1,4 @@
-"""Argument types shared by the MapReduce command lines.
+"""Argument types and the fresh output directory shared by the MapReduce command lines.
 
 Each rejects a bad value while the arguments are parsed, so argparse prints one line,
 `prog: error: argument --flag: ...`, and exits with status 2 before any work starts.
@@ -7,7 +7,9 @@ Each rejects a bad value while the arguments are parsed, so argparse prints one 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import time
 
 from mapreduce.job import check_encoding
 
@@ -71,3 +73,21 @@ def new_file(text: str) -> str:
     if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory")
     return text
+
+
+def fresh_output_dir(
+    job: str, root: str = os.path.join("runs", "mapreduce"), *, create: bool = True
+) -> str:
+    """A new `root/JOB-YYYYmmdd-HHMMSS[-N]` that no earlier run has used, created unless
+    `create` is False (then only its would-be name)."""
+    base = os.path.join(root, f"{job}-{time.strftime('%Y%m%d-%H%M%S')}")
+    for n in itertools.count():
+        path = base if n == 0 else f"{base}-{n}"
+        if not create:
+            return path
+        try:
+            os.makedirs(path)
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")

@@ -14,10 +14,10 @@ import heapq
 import itertools
 import os
 import sys
-import time
 
 from mapreduce.cli import (
     fraction,
+    fresh_output_dir,
     non_negative_int,
     positive_float,
     positive_int,
@@ -127,24 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true")
     return parser
-
-
-def fresh_output_dir(
-    job: str, root: str = os.path.join("runs", "mapreduce"), *, create: bool = True
-) -> str:
-    """A new `root/JOB-YYYYmmdd-HHMMSS[-N]` that no earlier run has used, created unless
-    `create` is False (then only its would-be name)."""
-    base = os.path.join(root, f"{job}-{time.strftime('%Y%m%d-%H%M%S')}")
-    for n in itertools.count():
-        path = base if n == 0 else f"{base}-{n}"
-        if not create:
-            return path
-        try:
-            os.makedirs(path)
-        except FileExistsError:
-            continue
-        return path
-    raise AssertionError("unreachable")
 
 
 def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mapreduce.cli import at_least_two, new_file, positive_int
+from mapreduce.cli import at_least_two, fresh_output_dir, new_file, positive_int
 from mapreduce.engine import JobResult, check_output_outside_inputs, load_stats, run_job
 from mapreduce.executors import ENGINES, Executor, make_executor
 from mapreduce.job import Job, JobConfig, Pair
@@ -50,7 +50,8 @@ from mapreduce.splits import (
 )
 
 WEIGHTS = {"like": 1, "comment": 2, "share": 3}
-DEFAULT_OUTPUT = os.path.join("runs", "mapreduce", "user_influence")
+JOB_NAME = "user_influence"
+OUTPUTS = ("hash", "range", "user_tier", "salted_stage1", "salted")  # one job output each
 
 
 def influence(engagement: int, reach: int) -> dict[str, Any]:
@@ -98,15 +99,30 @@ INFLUENCE_JOB = Job("user_influence", influence_map, influence_reduce, input_for
 STAGE_TWO_JOB = Job("user_influence_stage2", unsalt_map, total_reduce, input_format="jsonl")
 
 
+class BadRecord(ValueError):
+    """An input line that is not a JSON object with an `author_id`; the message names the file
+    and the byte offset."""
+
+
+def author_of(line: bytes, path: str, offset: int) -> Any:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRecord(f"{path} at byte {offset} is not a JSON line ({exc})") from exc
+    if not isinstance(record, dict) or "author_id" not in record:
+        raise BadRecord(f"{path} at byte {offset} is not a JSON object with an author_id")
+    return record["author_id"]
+
+
 def sample_authors(paths: Sequence[str], per_split: int, seed: int = 0) -> list[tuple[Any, float]]:
     """Weighted reservoir sample of `author_id` over the input splits (the sampling pre-pass)."""
     split_bytes = auto_split_bytes(sum(os.path.getsize(p) for p in paths))
 
     def authors(split: Any) -> Any:
         for offset, block in read_blocks(split, 1 << 22):
-            for _, line in lines_with_offsets(offset, block):
+            for at, line in lines_with_offsets(offset, block):
                 if line.strip():
-                    yield json.loads(line)["author_id"]
+                    yield author_of(line, split.path, at)
 
     return weighted_reservoir_sample(
         (authors(s) for s in make_splits(paths, split_bytes)), per_split, seed
@@ -136,8 +152,8 @@ def run_challenge(
     """Run the influence job under every strategy; returns the comparison rows, the per-partition
     loads of each strategy and whether all strategies gave the same influence for every author."""
     paths = expand_inputs(inputs)
-    output_dir = output_dir or DEFAULT_OUTPUT
-    sample = sample_authors(paths, sample_per_split, seed)
+    sample = sample_authors(paths, sample_per_split, seed)  # first: it also checks every record
+    output_dir = output_dir or fresh_output_dir(JOB_NAME)
     sample_counts: Counter[Any] = Counter()
     for key, weight in sample:
         sample_counts[key] += weight  # type: ignore[assignment]
@@ -234,7 +250,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--salts", type=positive_int, help="salts per hot key (default: partitions)"
     )
     parser.add_argument(
-        "--output", help="where each strategy's output goes (default runs/mapreduce/user_influence)"
+        "--output",
+        help="where each strategy's output goes (default: a new runs/mapreduce/user_influence-TIME)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace finished outputs in --output"
     )
     parser.add_argument(
         "--chart", type=new_file, help="write a bar chart of the reduce loads (PNG)"
@@ -245,18 +265,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         expand_inputs(args.inputs)
     except ValueError as exc:
         parser.error(f"argument inputs: {exc}")
+    output = args.output or fresh_output_dir(JOB_NAME, create=False)
     try:
-        check_output_outside_inputs(args.output or DEFAULT_OUTPUT, args.inputs)
+        check_output_outside_inputs(output, args.inputs)
     except ValueError as exc:
         parser.error(f"argument --output: {exc}")
-    outcome = run_challenge(
-        args.inputs,
-        executor=args.engine,
-        workers=args.workers,
-        num_partitions=args.partitions,
-        salts=args.salts,
-        output_dir=args.output,
-    )
+    finished = [
+        name or "."
+        for name in ("", *OUTPUTS)
+        if args.output is not None and os.path.exists(os.path.join(output, name, "_SUCCESS"))
+    ]
+    if finished and not args.overwrite:
+        parser.error(
+            f"argument --output: {output} already holds finished outputs ({', '.join(finished)}); "
+            "choose a new directory or pass --overwrite"
+        )
+    try:
+        outcome = run_challenge(
+            args.inputs,
+            executor=args.engine,
+            workers=args.workers,
+            num_partitions=args.partitions,
+            salts=args.salts,
+            output_dir=args.output,
+        )
+    except BadRecord as exc:  # found by the sampling pre-pass, before any job runs
+        parser.error(f"argument inputs: {exc}")
     print(format_table(outcome["rows"]))
     print(f"hot keys salted: {outcome['hot_keys']}")
     print(

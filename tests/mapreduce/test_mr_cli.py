@@ -352,6 +352,9 @@ BAD_INPUT = [
     (CHALLENGE, "{jsonl} --salts 0", "--salts"),
     (CHALLENGE, "missing.jsonl", "inputs"),
     (CHALLENGE, "{data} --output {data}", "--output"),
+    (CHALLENGE, "{jsonl} --output {done}", "--output"),
+    (CHALLENGE, "{jsonl}", "inputs"),
+    (CHALLENGE, "{text}", "inputs"),
     (CHALLENGE, "{jsonl} --report missing/r.json", "--report"),
     (BENCH, "--size-mb 0", "--size-mb"),
     (BENCH, "--workers 2 0", "--workers"),
@@ -401,3 +404,31 @@ def test_bad_input_is_one_usage_line_and_exit_2(bad_input_answers, index):
 
 def test_bad_input_starts_no_work(bad_input_answers):
     assert bad_input_answers[1] == ["data", "done", "records.jsonl"]  # no runs/, no output
+
+
+def test_challenge_never_replaces_finished_outputs(tmp_path, monkeypatch, capsys):
+    """Without --output every run gets a new directory; an --output holding finished outputs is
+    refused (exit 2, nothing touched) unless --overwrite."""
+    [data] = generate.main(
+        ["--out", str(tmp_path / "data"), "--users", "200", "--posts", "400", "--activity", "0"]
+        + ["--engagement", "1500"]
+    )
+    monkeypatch.chdir(tmp_path)
+    args = [data, "--engine", "sequential", "--partitions", "4"]
+    first = challenge_01_user_influence.main(args)
+    second = challenge_01_user_influence.main(args)
+    assert first["output_dir"] != second["output_dir"]
+    for outcome in (first, second):
+        for name in challenge_01_user_influence.OUTPUTS:
+            assert (Path(outcome["output_dir"]) / name / "_SUCCESS").is_file()
+    report = Path(first["output_dir"]) / "hash" / "report.json"
+    before = report.read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        challenge_01_user_influence.main([*args, "--output", first["output_dir"]])
+    assert refused.value.code == 2 and "already holds finished outputs" in capsys.readouterr().err
+    assert report.read_bytes() == before
+    again = challenge_01_user_influence.main(
+        [*args, "--output", first["output_dir"], "--overwrite"]
+    )
+    assert again["identical_results"] and report.read_bytes() != before
