@@ -51,6 +51,7 @@ PROG = "python -m experiments.train_sota"
 BACKENDS = ("jax", "torch")
 # run.json holds every flag but these; --resume takes them back unless given again.
 NOT_SAVED = ("run_dir", "resume", "coordinator", "num_processes", "process_id")
+DATA_DIGEST = "data_digest"  # run.json's fingerprint of the tokens the run trains on
 # Flags that define the run: given again on --resume, they must equal the saved values.
 RUN_FLAGS = (
     "data vocab_size seq_len val_fraction embed_dim num_layers num_heads num_groups "
@@ -205,7 +206,7 @@ def resolve_run_dir(args: argparse.Namespace, explicit: set[str], primary: bool)
                 "drop them, or start a new run"
             )
         for name, value in saved.items():
-            if name not in explicit:
+            if name not in explicit and name != DATA_DIGEST:
                 setattr(args, name, value)
     elif primary and saved_path.exists():
         raise ValueError(
@@ -306,6 +307,8 @@ def prepare(argv: Sequence[str] | None) -> Job:
     data = TokenData.build(
         corpus, tokenizer, seq_len=args.seq_len, val_fraction=args.val_fraction, seed=args.seed
     )
+    if args.resume:
+        check_same_data(run_dir, data, args.data)
     parallel = args.parallel or "none"
     if args.backend == "jax" and args.parallel is None:
         import jax
@@ -315,6 +318,18 @@ def prepare(argv: Sequence[str] | None) -> Job:
     train = train_config(args, run_dir, parallel)
     check_prompt(tokenizer, args.prompt, args.max_new_tokens, config.max_seq_len)
     return Job(args, run_dir, tokenizer, data, config, train, corpus.describe())
+
+
+def check_same_data(run_dir: Path, data: TokenData, source: str | None) -> None:
+    """A resumed run must see the tokens it started on: the same `--data` path holding other
+    text would silently continue on different batches."""
+    saved = json.loads((run_dir / "run.json").read_text()).get(DATA_DIGEST)
+    if saved is not None and saved != data.digest():
+        raise ValueError(
+            f"--resume {run_dir}: the corpus at --data {source or 'pydoc_data.topics'} has "
+            f"changed since the run started (tokens {data.digest()}, run: {saved}); restore it "
+            "or start a new run"
+        )
 
 
 def _tokenizer(args: argparse.Namespace, run_dir: Path, documents: Any, primary: bool) -> Any:
@@ -342,6 +357,7 @@ def write_run_files(job: Job) -> None:
         save_tokenizer(job.tokenizer, checkpoints / "tokenizer.json")
     tmp = job.run_dir / ".run.json.tmp"
     saved = {name: value for name, value in vars(job.args).items() if name not in NOT_SAVED}
+    saved[DATA_DIGEST] = job.data.digest()
     tmp.write_text(json.dumps(saved, indent=2))
     tmp.replace(job.run_dir / "run.json")
 

@@ -117,3 +117,26 @@ def test_nan_loss_exits_1_and_keeps_good_checkpoints(tmp_path: Path, capsys):
     last = int(line.rsplit("step ", 1)[1])
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == last
+
+
+def test_resume_refuses_a_corpus_that_changed(tmp_path: Path, capsys):
+    """run.json keeps a digest of the tokens; the same --data path holding other text is refused
+    on --resume (exit 2, nothing written), the unchanged text is accepted."""
+    corpus = tmp_path / "corpus.txt"
+    text = "\n\n".join(
+        f"Paragraph {i}: the quick brown fox jumps over the lazy dog." for i in range(300)
+    )
+    corpus.write_text(text)
+    run_dir = tmp_path / "run"
+    short = [*TINY, "--steps", "2", "--save_every", "2", "--eval_every", "2", "--data", str(corpus)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert train_sota.run([*short, "--run_dir", str(run_dir)]) == 0
+    assert len(json.loads((run_dir / "run.json").read_text())["data_digest"]) == 16
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    corpus.write_text(text.replace("lazy", "sleepy"))
+    assert train_sota.run(["--run_dir", str(run_dir), "--resume"]) == 2
+    assert f"the corpus at --data {corpus} has changed since the run started" in error_line(capsys)
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+    corpus.write_text(text)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert train_sota.run(["--run_dir", str(run_dir), "--resume"]) == 0

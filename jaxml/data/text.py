@@ -15,6 +15,7 @@ Framework-neutral numpy (torchref reads it too).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -286,3 +287,9 @@ class TokenData:
                     f"seq_len + 1 = {seq_len + 1} tokens; use more text or a smaller --seq_len"
                 )
         return data
+
+    def digest(self) -> str:
+        """A short sha256 of the train and validation tokens: equal digests, equal data."""
+        h = hashlib.sha256(self.train.tokens.tobytes())
+        h.update(self.val.tokens.tobytes())
+        return h.hexdigest()[:16]
