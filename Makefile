@@ -25,7 +25,7 @@ regression: setup
 lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy jaxml torchref
+	$(VENV)/bin/mypy jaxml torchref experiments mapreduce
 
 format: setup
 	$(VENV)/bin/ruff format .

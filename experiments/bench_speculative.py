@@ -84,10 +84,12 @@ def load_pair() -> tuple[Model, Model, str, np.ndarray]:
             pair,
             np.array(ids),
         )
-    base = dict(vocab_size=2048, embed_dim=256, num_heads=8, num_groups=2, max_seq_len=512)
+    base = LMConfig(
+        vocab_size=2048, embed_dim=256, num_layers=8, num_heads=8, num_groups=2, max_seq_len=512
+    )
     models = []
     for seed, layers in ((0, 8), (1, 2)):
-        config = LMConfig(num_layers=layers, **base)
+        config = base.replace(num_layers=layers)
         params = LM(config).init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))["params"]
         models.append(Model(config, params))
     return models[0], models[1], "untrained L8d256/L2d256", np.arange(16) % 2048

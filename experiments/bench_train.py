@@ -83,7 +83,7 @@ class TorchLoss(torch.nn.Module):
 
 
 def torch_step(
-    loss_module: torch.nn.Module, params: Any, ids: torch.Tensor, targets: torch.Tensor
+    loss_module: Callable[..., torch.Tensor], params: Any, ids: torch.Tensor, targets: torch.Tensor
 ) -> Callable[[], torch.Tensor]:
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, foreach=True)
 

@@ -232,12 +232,20 @@ def generation_error(trained: Trained, args: argparse.Namespace, mode: str) -> f
         )
         pred = out.cpu().numpy()
     else:
+        import jax.numpy as jnp
+
         from jaxml.models.generation import generate as jgenerate
         from jaxml.models.generation import predict_autoregressively as jpredict
 
         fn = jpredict if mode == "autoregressive" else jgenerate
         pred = np.asarray(
-            fn(trained.model, trained.params, prefix, steps, decode_config=decode_config(args))
+            fn(
+                trained.model,
+                trained.params,
+                jnp.asarray(prefix),
+                steps,
+                decode_config=decode_config(args),
+            )
         )
     return float(np.mean((pred - truth) ** 2))
 

@@ -384,7 +384,7 @@ def train(job: Job, logger: RunLogger) -> tuple[Any, int, float]:
 
         model = load_jaxml_params(TorchLM(config), jax.device_get(params))
         peak = args.peak_tflops * 1e12 if args.peak_tflops else torch_peak(args.device)
-        result = torch_train(
+        torch_result = torch_train(
             model,
             job.data,
             tconfig,
@@ -394,7 +394,7 @@ def train(job: Job, logger: RunLogger) -> tuple[Any, int, float]:
             flops_per_token=flops,
             peak_flops=peak,
         )
-        return result, n, peak
+        return torch_result, n, peak
     from jaxml.training.lm_loop import matmul_peak_flops, train_lm
 
     peak = args.peak_tflops * 1e12 if args.peak_tflops else matmul_peak_flops()
