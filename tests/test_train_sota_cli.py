@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from experiments import train_sota
@@ -140,3 +143,30 @@ def test_resume_refuses_a_corpus_that_changed(tmp_path: Path, capsys):
     corpus.write_text(text)
     with contextlib.redirect_stdout(io.StringIO()):
         assert train_sota.run(["--run_dir", str(run_dir), "--resume"]) == 0
+
+
+def test_bfloat16_mixed_precision_trains_like_float32(tmp_path: Path):
+    """--dtype bfloat16 end to end on both backends: 40 steps take the validation loss from 5.70
+    (uniform over 300 tokens) to within 0.05 nats of the float32 run's (4.36 when written, all
+    three start from the same jax-initialised weights), and the checkpoints hold finite float32
+    weights (mixed precision never stores bfloat16 params)."""
+    from experiments import generate
+
+    longer = [*TINY, "--steps", "40", "--lr", "0.01", "--eval_every", "40", "--save_every", "40"]
+
+    def val_loss(dtype: str, backend: str) -> float:
+        run_dir = tmp_path / f"{dtype}-{backend}"
+        out = io.StringIO()
+        argv = [*longer, "--dtype", dtype, "--backend", backend, "--run_dir", str(run_dir)]
+        with contextlib.redirect_stdout(out):
+            assert train_sota.run(argv) == 0
+        restored = generate.load_checkpoint(run_dir)
+        assert restored.config.dtype == dtype
+        leaves = jax.tree.leaves(restored.params)
+        assert all(x.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+        return float(re.search(r"validation  loss ([0-9.]+)", out.getvalue()).group(1))
+
+    reference = val_loss("float32", "jax")
+    assert reference < 4.6
+    for backend in ("jax", "torch"):
+        assert abs(val_loss("bfloat16", backend) - reference) < 0.05, backend
