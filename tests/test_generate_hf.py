@@ -40,12 +40,19 @@ def hf_dir(tmp_path_factory) -> tuple[Path, dict]:
     return make_hf_dir(tmp_path_factory.mktemp("hf") / "llama", eos_token_id=None)
 
 
+@jax.jit
+def _full_forward(params: dict, ids: jax.Array) -> jax.Array:
+    return LM(CONFIG).apply({"params": params}, ids)[0]
+
+
 def greedy_reference(params: dict, ids: list[int], steps: int, eos: int | None) -> list[int]:
-    """Greedy decoding by full forward passes (no cache, no decode loop)."""
+    """Greedy decoding by full forward passes (no cache, no decode loop). The causal model's
+    logits at position n ignore the zero padding after it, so one padded shape compiles once."""
     ids = list(ids)
+    width = len(ids) + steps
     for _ in range(steps):
-        logits, _ = LM(CONFIG).apply({"params": params}, jnp.asarray([ids], jnp.int32))
-        ids.append(int(np.argmax(logits[0, -1])))
+        padded = jnp.asarray([ids + [0] * (width - len(ids))], jnp.int32)
+        ids.append(int(np.argmax(_full_forward(params, padded)[0, len(ids) - 1])))
         if ids[-1] == eos:
             break
     return ids
