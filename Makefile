@@ -32,7 +32,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 # Two pytest-xdist workers that steal tests from each other (a module fixture may be built once
-# per worker): on the 2-core machine the 1,042 tests take about 11.5 minutes, 14.5+ serially.
+# per worker): on the 2-core machine the 1,042 tests take 10-12 minutes, 14.5+ serially.
 TEST_WORKERS ?= 2
 test: setup lint
 	$(PY) -m pytest tests parity -n $(TEST_WORKERS) --dist worksteal
