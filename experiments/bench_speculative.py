@@ -35,24 +35,10 @@ from jaxml.decoding import sampling
 from jaxml.decoding.loop import decode
 from jaxml.decoding.speculative import speculative_generate
 from jaxml.layers import kv_cache
-from jaxml.models.lm import LM, init_cache
+from jaxml.models.lm import LM, LMStep, init_cache
 
 Row = dict[str, Any]
 SAMPLING = SamplingConfig(temperature=1.0)
-
-
-@dataclass(frozen=True)
-class LMStep:
-    """The decode loop's step for an LM (hashable, so a static `jit` argument)."""
-
-    config: LMConfig
-
-    def __call__(
-        self, params: Any, cache: Any, tokens: jax.Array, positions: jax.Array, mask: jax.Array
-    ) -> tuple[jax.Array, Any]:
-        return LM(self.config).apply(
-            {"params": params}, tokens, positions, cache, mask, method=LM.step
-        )
 
 
 @dataclass(frozen=True)

@@ -292,10 +292,9 @@ def speculative_sample(
     import jax
     import jax.numpy as jnp
 
-    from experiments.bench_speculative import LMStep
     from jaxml.configs import SamplingConfig, SpeculativeConfig
     from jaxml.decoding.speculative import speculative_generate
-    from jaxml.models.lm import init_cache
+    from jaxml.models.lm import LMStep, init_cache
 
     ids = target.tokenizer.encode(prompt).ids
     room = check_pair(target, draft, ids, max_new_tokens, draft_steps)

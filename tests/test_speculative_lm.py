@@ -8,7 +8,6 @@ where any sampler looks right). Vocabulary 8, so exact distributions are cheap t
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -20,23 +19,11 @@ from jax import Array
 import jaxml.decoding.speculative as spec
 from jaxml.configs import SamplingConfig, SpeculativeConfig
 from jaxml.configs.lm import LMConfig
-from jaxml.models.lm import LM, init_cache
+from jaxml.models.lm import LM, LMStep, init_cache
 from tests.test_speculative_loop import WRONG_SAMPLERS, chi_square_pvalue
 
 VOCAB = 8
 SAMPLE, GREEDY = SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.0)
-
-
-@dataclass(frozen=True)
-class LMStep:
-    config: LMConfig
-
-    def __call__(
-        self, params: Any, cache: Any, tokens: Array, positions: Array, mask: Array
-    ) -> tuple[Array, Any]:
-        return LM(self.config).apply(
-            {"params": params}, tokens, positions, cache, mask, method=LM.step
-        )
 
 
 def tiny_lm(seed: int, layers: int, width: int, heads: int) -> tuple[LMConfig, Any]:

@@ -22,6 +22,7 @@ cache tuple (`init_cache`) and a key mask, driven by `jaxml.decoding.loop` in `g
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -182,6 +183,23 @@ def init_cache(
 SOTATransformer = LM  # the original framework's name for this model
 
 
+@dataclass(frozen=True)
+class LMStep:
+    """An LM as the decode loops' step: `(params, cache, tokens [batch, t], positions [batch, t],
+    mask [batch, t, cache_len]) -> (logits [batch, t, vocab], cache)`, i.e. `LM.step`. Hashable,
+    so it can be a static `jit` argument (`jaxml.decoding.speculative` takes two of them)."""
+
+    config: LMConfig
+
+    def __call__(
+        self, params: Any, cache: Cache, tokens: Array, positions: Array, mask: Array
+    ) -> tuple[Array, Cache]:
+        out: tuple[Array, Cache] = LM(self.config).apply(  # type: ignore[assignment]
+            {"params": params}, tokens, positions, cache, mask, method=LM.step
+        )
+        return out
+
+
 class Generated(NamedTuple):
     tokens: Array  # int32 [batch, max_new_tokens]; `pad_id` after a row's EOS / budget
     num_generated: Array  # int32 [batch]: new tokens per row (its EOS included)
@@ -249,15 +267,10 @@ def _generate_cached(
     pad_id: int,
     stop_early: bool,
 ) -> Generated:
-    model = LM(config)
     cache_len = decode_config.cache_len(prompt_ids.shape[1], steps)
     cache = init_cache(config, prompt_ids.shape[0], cache_len, window=decode_config.window)
-
-    def step(params: Any, cache: Any, ids: Array, positions: Array, mask: Array) -> Any:
-        return model.apply({"params": params}, ids, positions, cache, mask, method=LM.step)
-
     result = loop.decode(
-        step,
+        LMStep(config),
         params,
         cache,
         prompt_ids,
