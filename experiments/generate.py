@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 
 from experiments.common import BACKENDS, check_device, cli_main, exit_process
+from jaxml.configs import SamplingConfig
 from jaxml.configs.lm_training import LMTrainConfig
 from jaxml.data.text import EOS, DataError, TokenData, load_tokenizer
 
 PROG = "python -m experiments.generate"
+SAMPLE = SamplingConfig(temperature=1.0)  # the samplers' default: the model's own distribution
 Texts = list[str]
 
 
@@ -183,11 +185,7 @@ def sample(
     prompt: str,
     *,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    greedy: bool = False,
+    sampling: SamplingConfig = SAMPLE,
     num_samples: int = 1,
     seed: int = 0,
 ) -> list[str]:
@@ -196,11 +194,9 @@ def sample(
     import jax
     import jax.numpy as jnp
 
-    from jaxml.configs import SamplingConfig
     from jaxml.models.lm import generate
 
     ids = check_prompt(restored.tokenizer, prompt, max_new_tokens, restored.config.max_seq_len)
-    sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
     generated = generate(
         restored.params,
         restored.config,
@@ -238,11 +234,7 @@ def sample_torch(
     prompt: str,
     *,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    greedy: bool = False,
+    sampling: SamplingConfig = SAMPLE,
     num_samples: int = 1,
     seed: int = 0,
     device: str = "cpu",
@@ -251,12 +243,10 @@ def sample_torch(
     generator seeded with `seed`."""
     import torch
 
-    from jaxml.configs import SamplingConfig
     from torchref.decoding.sampling import exponential_noise
     from torchref.models.lm import generate
 
     ids = check_prompt(restored.tokenizer, prompt, max_new_tokens, restored.config.max_seq_len)
-    sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
     shape = (max_new_tokens, num_samples, restored.config.vocab_size)
     generated = generate(
         torch_lm(restored, device),
@@ -264,7 +254,9 @@ def sample_torch(
         torch.full((num_samples,), len(ids), dtype=torch.int32, device=device),
         max_new_tokens=max_new_tokens,
         sampling_config=sampling,
-        noise=None if greedy else exponential_noise(shape, torch.Generator().manual_seed(seed)),
+        noise=None
+        if sampling.greedy
+        else exponential_noise(shape, torch.Generator().manual_seed(seed)),
         eos_id=restored.eos_id,
     )
     return decode_rows(
@@ -279,11 +271,7 @@ def speculative_sample(
     *,
     draft_steps: int,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    greedy: bool = False,
+    sampling: SamplingConfig = SAMPLE,
     num_samples: int = 1,
     seed: int = 0,
 ) -> tuple[list[str], str]:
@@ -292,13 +280,12 @@ def speculative_sample(
     import jax
     import jax.numpy as jnp
 
-    from jaxml.configs import SamplingConfig, SpeculativeConfig
+    from jaxml.configs import SpeculativeConfig
     from jaxml.decoding.speculative import speculative_generate
     from jaxml.models.lm import LMStep, init_cache
 
     ids = target.tokenizer.encode(prompt).ids
     room = check_pair(target, draft, ids, max_new_tokens, draft_steps)
-    sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
     tokens, num, stats = speculative_generate(
         LMStep(target.config),
         LMStep(draft.config),
@@ -334,11 +321,7 @@ def speculative_sample_torch(
     *,
     draft_steps: int,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    greedy: bool = False,
+    sampling: SamplingConfig = SAMPLE,
     num_samples: int = 1,
     seed: int = 0,
     device: str = "cpu",
@@ -347,13 +330,12 @@ def speculative_sample_torch(
     `seeded_noise` with the r-th seed a torch generator seeded with `seed` draws."""
     import torch
 
-    from jaxml.configs import SamplingConfig, SpeculativeConfig
+    from jaxml.configs import SpeculativeConfig
     from torchref.decoding.speculative import RoundNoise, seeded_noise, speculative_generate
     from torchref.models.lm import init_cache
 
     ids = target.tokenizer.encode(prompt).ids
     room = check_pair(target, draft, ids, max_new_tokens, draft_steps)
-    sampling = SamplingConfig(0.0 if greedy else temperature, top_k, top_p, min_p)
     seeds = torch.randint(2**31, (num_samples,), generator=torch.Generator().manual_seed(seed))
     row_noise = seeded_noise(seeds.tolist(), draft_steps, target.config.vocab_size)
 
@@ -492,13 +474,10 @@ def prepare(argv: Sequence[str] | None) -> Job:
 
 def execute(job: Job) -> None:
     args, restored, draft = job
+    temperature = 0.0 if args.greedy else args.temperature
     settings = dict(
         max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        greedy=args.greedy,
+        sampling=SamplingConfig(temperature, args.top_k, args.top_p, args.min_p),
         num_samples=args.num_samples,
         seed=args.seed,
     )

@@ -35,6 +35,7 @@ from experiments.common import (
     limit_threads,
 )
 from experiments.generate import check_prompt
+from jaxml.configs import SamplingConfig
 from jaxml.configs.lm_training import LMTrainConfig
 from jaxml.configs.training import OptimizerConfig
 from jaxml.data.text import (
@@ -466,9 +467,7 @@ def execute(job: Job) -> None:
         restored,
         args.prompt,
         max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
+        sampling=SamplingConfig(args.temperature, args.top_k, args.top_p),
         seed=args.seed,
     )
     say(f"sample      {args.prompt!r} ->\n{text}")

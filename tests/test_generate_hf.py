@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from experiments import generate
-from jaxml.configs import LMConfig
+from jaxml.configs import LMConfig, SamplingConfig
 from jaxml.data.text import save_tokenizer, train_tokenizer
 from jaxml.interop.hf import save_hf
 from jaxml.models.lm import LM
 
 PROMPT = "def f(x): return"
+GREEDY = SamplingConfig(temperature=0.0)
 CONFIG = LMConfig(
     vocab_size=320, embed_dim=32, num_layers=2, num_heads=4, num_groups=2, max_seq_len=64
 )
@@ -85,9 +86,9 @@ def test_rows_end_at_the_config_eos_token_id(hf_dir, tmp_path):
     path, _ = make_hf_dir(tmp_path / "eos", eos_token_id=[tokens[last_new], 7])
     with_eos = generate.load_checkpoint(path)
     assert with_eos.eos_id == tokens[last_new]
-    [text] = generate.sample(with_eos, PROMPT, max_new_tokens=10, greedy=True)
+    [text] = generate.sample(with_eos, PROMPT, max_new_tokens=10, sampling=GREEDY)
     assert text == restored.tokenizer.decode([*prompt_ids, *tokens[: last_new + 1]])
-    [full] = generate.sample(restored, PROMPT, max_new_tokens=10, greedy=True)
+    [full] = generate.sample(restored, PROMPT, max_new_tokens=10, sampling=GREEDY)
     assert full == restored.tokenizer.decode([*prompt_ids, *tokens])
     assert last_new < len(tokens) - 1 and text != full  # the EOS ended the row, not the budget
 
