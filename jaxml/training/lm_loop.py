@@ -35,6 +35,7 @@ from jaxml.training.checkpoint import Checkpointer
 from jaxml.training.distributed import global_batch, host_copy, is_primary
 from jaxml.training.lm_step import make_lm_eval_step, make_lm_train_step
 from jaxml.training.logging import RunLogger, progress_bar
+from jaxml.training.loop import open_checkpointer
 from jaxml.training.losses import ApplyFn, Metrics, module_apply
 from jaxml.training.optim import make_optimizer, make_schedule
 from jaxml.training.parallel import DATA_AXIS, data_mesh, first_copy, stack_for_pmap
@@ -373,25 +374,15 @@ def open_checkpoints(config: LMTrainConfig) -> Checkpointer | None:
     """The run's `Checkpointer` (None without `checkpoint_dir`), checked before any work: an
     existing checkpoint needs `resume=True` (FileExistsError otherwise), and continues only the
     run that wrote it (same seed, batch, sequence length and steps; ValueError otherwise)."""
-    if config.checkpoint_dir is None:
-        return None
-    ckpt = Checkpointer(config.checkpoint_dir, save_every=config.save_every, keep=config.keep)
-    latest = ckpt.latest_step()
-    try:
-        if latest is not None and not config.resume:
-            raise FileExistsError(
-                f"{config.checkpoint_dir} already holds checkpoints (latest step {latest}); "
-                "resume from them or choose another directory"
+    ckpt = open_checkpointer(config)
+    if ckpt is None or ckpt.latest_step() is None:
+        return ckpt
+    saved = ckpt.read_meta().get("train", {})
+    for name in ("seed", "batch_size", "seq_len", "steps"):
+        if name in saved and saved[name] != getattr(config, name):
+            ckpt.close()
+            raise ValueError(
+                f"cannot resume: the checkpoint was written with {name}={saved[name]}, "
+                f"this run has {name}={getattr(config, name)}"
             )
-        if latest is not None:
-            saved = ckpt.read_meta().get("train", {})
-            for name in ("seed", "batch_size", "seq_len", "steps"):
-                if name in saved and saved[name] != getattr(config, name):
-                    raise ValueError(
-                        f"cannot resume: the checkpoint was written with {name}={saved[name]}, "
-                        f"this run has {name}={getattr(config, name)}"
-                    )
-    except (FileExistsError, ValueError):
-        ckpt.close()
-        raise
     return ckpt

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxml.configs import TrainConfig
+from jaxml.configs import LMTrainConfig, TrainConfig
 from jaxml.data.loader import ArrayDataset
 from jaxml.training.checkpoint import Checkpointer
 from jaxml.training.logging import RunLogger, progress_bar
@@ -75,7 +75,7 @@ def _position(epoch: int, batch: int, steps_per_epoch: int) -> dict[str, int]:
     return {"epoch": epoch + batch // steps_per_epoch, "batch": batch % steps_per_epoch}
 
 
-def open_checkpointer(config: TrainConfig) -> Checkpointer | None:
+def open_checkpointer(config: TrainConfig | LMTrainConfig) -> Checkpointer | None:
     """The run's `Checkpointer` (None without `checkpoint_dir`); FileExistsError when the
     directory already holds checkpoints and `config.resume` is False (never overwrite)."""
     if config.checkpoint_dir is None:

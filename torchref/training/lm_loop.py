@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from jaxml.configs.lm_training import LMTrainConfig
 from jaxml.data.text import PackedSequences, TokenData
 from jaxml.training.logging import RunLogger, progress_bar
-from torchref.training.checkpoint import Checkpointer
+from torchref.training.loop import open_checkpointer
 from torchref.training.losses import split_output
 from torchref.training.optim import clip_gradients
 from torchref.training.state import TrainState
@@ -136,19 +136,11 @@ def train_lm(
         )
     logger = logger or RunLogger(None)
     state = TrainState.create(model.to(device), config.optimizer)
-    ckpt = None
-    if config.checkpoint_dir is not None:
-        ckpt = Checkpointer(config.checkpoint_dir, save_every=config.save_every, keep=config.keep)
-        latest = ckpt.latest_step()
-        if latest is not None and not config.resume:
-            raise FileExistsError(
-                f"{config.checkpoint_dir} already holds checkpoints (latest step {latest}); "
-                "resume from them or choose another directory"
-            )
-        if latest is not None:
-            saved = ckpt.restore(state)
-            if saved.get("train", {}).get("seed", config.seed) != config.seed:
-                raise ValueError("cannot resume: the checkpoint was written with another seed")
+    ckpt = open_checkpointer(config)
+    if ckpt is not None and ckpt.latest_step() is not None:
+        saved = ckpt.restore(state)
+        if saved.get("train", {}).get("seed", config.seed) != config.seed:
+            raise ValueError("cannot resume: the checkpoint was written with another seed")
     start = state.step
     bar = progress_bar(config.steps, initial=start, enabled=config.progress)
     history: list[dict[str, float]] = []

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jaxml.configs import TrainConfig
+from jaxml.configs import LMTrainConfig, TrainConfig
 from jaxml.data.loader import ArrayDataset
 from jaxml.training.logging import RunLogger, progress_bar
 from torchref.training.checkpoint import Checkpointer
@@ -57,7 +57,7 @@ def predict(model: torch.nn.Module, data: ArrayDataset, *, device: str = "cpu") 
     return np.concatenate(outputs)
 
 
-def open_checkpointer(config: TrainConfig) -> Checkpointer | None:
+def open_checkpointer(config: TrainConfig | LMTrainConfig) -> Checkpointer | None:
     """The run's `Checkpointer` (None without `checkpoint_dir`); FileExistsError when the
     directory already holds checkpoints and `config.resume` is False (never overwrite)."""
     if config.checkpoint_dir is None:
